@@ -1,0 +1,2 @@
+//! edupulse-events
+fn main() {}
