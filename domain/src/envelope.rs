@@ -1,0 +1,496 @@
+use crate::{DecodeError, DomainEvent, EventId, Metadata, StreamId, UnknownEvent, upcast};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The largest encoded envelope accepted by default, in bytes: below NATS's default 1 MiB
+/// `max_payload`, with room for the headers, so an event that can be stored can be published.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1_000_000;
+
+/// The deepest JSON nesting accepted by default. The envelope itself uses three levels; the rest is
+/// for metadata extras and unknown payloads.
+pub const MAX_NESTING_DEPTH: usize = 64;
+
+/// Bounds applied before parsing untrusted bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest input, in bytes.
+    pub max_bytes: usize,
+    /// Deepest nesting of JSON arrays and objects.
+    pub max_depth: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_depth: MAX_NESTING_DEPTH,
+        }
+    }
+}
+
+/// An event with what reliable delivery needs: identity, stream, time, schema version, metadata.
+///
+/// Build one with [`EventEnvelope::new`] and the `with_*` methods:
+///
+/// ```
+/// use edupulse_domain::{EventEnvelope, LessonPublished, LessonTitle, StreamId};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let lesson = StreamId::new();
+/// let event = LessonPublished {
+///     lesson_id: *lesson.as_uuid(),
+///     author_id: uuid::Uuid::new_v4(),
+///     title: LessonTitle::new("Ownership, borrowing and lifetimes")?,
+/// };
+/// let envelope = EventEnvelope::new(event).with_stream(lesson);
+/// let bytes = envelope.encode();
+/// assert_eq!(EventEnvelope::decode(&bytes)?, envelope);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventEnvelope {
+    /// Unique id of the event; the broker's deduplication key.
+    pub id: EventId,
+    /// The aggregate's stream, or `None` for a standalone event (see [`EventEnvelope::stream_id`]).
+    pub aggregate_id: Option<StreamId>,
+    /// When the fact happened (set by the producer; never used for ordering).
+    pub occurred_at: DateTime<Utc>,
+    /// Context: correlation, causation, actor, trace.
+    pub metadata: Metadata,
+    /// The event itself.
+    pub event: DomainEvent,
+}
+
+impl EventEnvelope {
+    /// Wraps an event with a new v7 id, no stream, the current time and empty metadata.
+    pub fn new(event: impl Into<DomainEvent>) -> Self {
+        Self {
+            id: EventId::new(),
+            aggregate_id: None,
+            occurred_at: Utc::now(),
+            metadata: Metadata::default(),
+            event: event.into(),
+        }
+    }
+
+    /// Sets the aggregate stream.
+    pub fn with_stream(mut self, stream: StreamId) -> Self {
+        self.aggregate_id = Some(stream);
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Sets the id (for example to make a retried command idempotent).
+    pub fn with_id(mut self, id: EventId) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Sets when the event occurred.
+    pub fn with_occurred_at(mut self, at: DateTime<Utc>) -> Self {
+        self.occurred_at = at;
+        self
+    }
+
+    /// The stream the event is stored in: its aggregate, or for a standalone event a stream of its
+    /// own whose id is the event id.
+    pub fn stream_id(&self) -> StreamId {
+        self.aggregate_id
+            .unwrap_or_else(|| StreamId::from_uuid(*self.id.as_uuid()))
+    }
+
+    /// The stable event type name.
+    pub fn event_type(&self) -> &str {
+        self.event.event_type()
+    }
+
+    /// The schema version of the payload (the wire's `version`).
+    pub fn schema_version(&self) -> u16 {
+        self.event.schema_version()
+    }
+
+    /// Compact JSON in the seed's format.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = Wire {
+            id: self.id,
+            aggregate_id: self.aggregate_id,
+            occurred_at: self.occurred_at,
+            version: self.schema_version(),
+            metadata: &self.metadata,
+            event: WireEvent {
+                event_type: self.event_type(),
+                payload: self.event.payload(),
+            },
+        };
+        // Every field is plain data with string keys and finite numbers: this cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Decodes untrusted bytes with the default [`DecodeLimits`].
+    ///
+    /// # Errors
+    /// Every [`DecodeError`] variant; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Self::decode_with(bytes, DecodeLimits::default())
+    }
+
+    /// Decodes untrusted bytes, bounded by `limits`.
+    ///
+    /// # Errors
+    /// [`DecodeError::TooLarge`] and [`DecodeError::TooDeep`] before parsing;
+    /// [`DecodeError::Malformed`] for anything that is not an envelope; the others for an event
+    /// that breaks its schema or rules.
+    pub fn decode_with(bytes: &[u8], limits: DecodeLimits) -> Result<Self, DecodeError> {
+        RawEnvelope::decode_with(bytes, limits)?.into_envelope()
+    }
+}
+
+impl Serialize for EventEnvelope {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            id: self.id,
+            aggregate_id: self.aggregate_id,
+            occurred_at: self.occurred_at,
+            version: self.schema_version(),
+            metadata: &self.metadata,
+            event: WireEvent {
+                event_type: self.event_type(),
+                payload: self.event.payload(),
+            },
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventEnvelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawEnvelope::deserialize(d)?
+            .into_envelope()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    id: EventId,
+    aggregate_id: Option<StreamId>,
+    occurred_at: DateTime<Utc>,
+    version: u16,
+    metadata: &'a Metadata,
+    event: WireEvent<'a>,
+}
+
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    payload: Value,
+}
+
+/// An envelope as it is on the wire, before upcasting and validation.
+///
+/// Stores and brokers that keep the parts in separate columns or headers rebuild an envelope from
+/// this with [`RawEnvelope::into_envelope`], which applies the same rules as [`EventEnvelope::decode`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawEnvelope {
+    /// Event id.
+    pub id: Uuid,
+    /// Aggregate id, if any.
+    #[serde(default)]
+    pub aggregate_id: Option<Uuid>,
+    /// When it occurred.
+    pub occurred_at: DateTime<Utc>,
+    /// Schema version of the payload.
+    pub version: u16,
+    /// Metadata, any JSON.
+    #[serde(default)]
+    pub metadata: Value,
+    /// The event type and payload.
+    pub event: RawEvent,
+}
+
+/// The `event` member of a [`RawEnvelope`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawEvent {
+    /// The event type name.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The payload.
+    #[serde(default)]
+    pub payload: Value,
+}
+
+impl RawEnvelope {
+    /// Parses untrusted bytes into the raw form, bounded by `limits`.
+    ///
+    /// # Errors
+    /// [`DecodeError::TooLarge`], [`DecodeError::TooDeep`], [`DecodeError::Malformed`].
+    pub fn decode_with(bytes: &[u8], limits: DecodeLimits) -> Result<Self, DecodeError> {
+        if bytes.len() > limits.max_bytes {
+            return Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                max: limits.max_bytes,
+            });
+        }
+        if nesting_depth(bytes) > limits.max_depth {
+            return Err(DecodeError::TooDeep {
+                max: limits.max_depth,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(DecodeError::Malformed)
+    }
+
+    /// Upcasts and validates into an [`EventEnvelope`]. Unknown types and newer schema versions
+    /// become [`DomainEvent::Unknown`].
+    ///
+    /// # Errors
+    /// [`DecodeError::Payload`], [`DecodeError::Invalid`], [`DecodeError::UnsupportedVersion`].
+    pub fn into_envelope(self) -> Result<EventEnvelope, DecodeError> {
+        let RawEvent {
+            event_type,
+            payload,
+        } = self.event;
+        let (version, payload) = upcast(&event_type, self.version, payload)?;
+        let current = DomainEvent::current_version_of(&event_type);
+        let event = match (current == Some(version), &current) {
+            (true, _) => match DomainEvent::decode_current(&event_type, payload) {
+                Some(Ok(event)) => event,
+                Some(Err(source)) => return Err(payload_error(event_type, version, source)),
+                None => unreachable_unknown(event_type, version),
+            },
+            _ => DomainEvent::Unknown(UnknownEvent {
+                event_type,
+                schema_version: version,
+                payload,
+            }),
+        };
+        Ok(EventEnvelope {
+            id: EventId::from_uuid(self.id),
+            aggregate_id: self.aggregate_id.map(StreamId::from_uuid),
+            occurred_at: self.occurred_at,
+            metadata: Metadata::from_json(self.metadata),
+            event,
+        })
+    }
+}
+
+// `decode_current` knows exactly the types `current_version_of` knows; should they ever disagree,
+// keep the event as unknown rather than fail.
+fn unreachable_unknown(event_type: String, schema_version: u16) -> DomainEvent {
+    DomainEvent::Unknown(UnknownEvent {
+        event_type,
+        schema_version,
+        payload: Value::Null,
+    })
+}
+
+/// Validation failures surface from serde as custom errors; report them as [`DecodeError::Payload`]
+/// carrying the message, since the typed rule is not recoverable through serde.
+fn payload_error(event_type: String, version: u16, source: serde_json::Error) -> DecodeError {
+    DecodeError::Payload {
+        event_type,
+        version,
+        source,
+    }
+}
+
+/// The deepest nesting of arrays and objects in `bytes`, without parsing (strings are skipped).
+fn nesting_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        AmountCents, BadgeAwarded, LessonPublished, LessonTitle, PaymentProcessed, QuizSubmitted,
+        Score,
+    };
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn seed_json(event: Value, version: u16) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "id": "0190f5e4-7a1b-7c3d-8e4f-a1b2c3d4e5f6",
+            "aggregate_id": null,
+            "occurred_at": "2024-05-01T12:00:00.123456789Z",
+            "version": version,
+            "metadata": {},
+            "event": event
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn unknown_types_are_kept_and_forwarded_unchanged() {
+        let bytes = seed_json(
+            json!({"type": "CourseArchived", "payload": {"x": [1, "é"]}}),
+            3,
+        );
+        let env = EventEnvelope::decode(&bytes).unwrap();
+        let DomainEvent::Unknown(u) = &env.event else {
+            panic!("expected unknown")
+        };
+        assert_eq!((u.event_type(), u.schema_version()), ("CourseArchived", 3));
+        let again: Value = serde_json::from_slice(&env.encode()).unwrap();
+        assert_eq!(again, serde_json::from_slice::<Value>(&bytes).unwrap());
+    }
+
+    #[test]
+    fn invalid_events_give_typed_errors() {
+        let bytes = seed_json(
+            json!({"type": "LessonPublished", "payload": {
+            "lesson_id": Uuid::nil(), "author_id": Uuid::nil(), "title": ""}}),
+            1,
+        );
+        assert!(matches!(
+            EventEnvelope::decode(&bytes),
+            Err(DecodeError::Payload { version: 1, .. })
+        ));
+        let bytes = seed_json(
+            json!({"type": "PaymentProcessed", "payload": {
+            "invoice_id": Uuid::nil(), "user_id": Uuid::nil(), "amount_cents": -1}}),
+            1,
+        );
+        assert!(EventEnvelope::decode(&bytes).is_err());
+        assert!(matches!(
+            EventEnvelope::decode(b"{\"id\":"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            EventEnvelope::decode(&[0xff, 0xfe]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn limits_are_enforced_before_parsing() {
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        assert!(matches!(
+            EventEnvelope::decode(deep.as_bytes()),
+            Err(DecodeError::TooDeep { max: 64 })
+        ));
+        // Brackets inside strings do not count.
+        assert_eq!(nesting_depth(br#"{"a":"[[[[\"[[["}"#), 1);
+        let big = vec![b' '; DEFAULT_MAX_EVENT_BYTES + 1];
+        assert!(matches!(
+            EventEnvelope::decode(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    fn uuid_strategy() -> impl Strategy<Value = Uuid> {
+        any::<u128>().prop_map(Uuid::from_u128)
+    }
+
+    fn event_strategy() -> impl Strategy<Value = DomainEvent> {
+        let title = "[^\\p{Cc}]{1,200}"
+            .prop_filter_map("valid title", |t: String| LessonTitle::new(t).ok());
+        let score = 0.0f32..1e6;
+        prop_oneof![
+            (uuid_strategy(), uuid_strategy(), title).prop_map(|(l, a, title)| {
+                LessonPublished {
+                    lesson_id: l,
+                    author_id: a,
+                    title,
+                }
+                .into()
+            }),
+            (uuid_strategy(), uuid_strategy(), score.clone(), score).prop_map(|(q, s, a, b)| {
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                QuizSubmitted::new(q, s, Score::new(lo).unwrap(), Score::new(hi).unwrap())
+                    .unwrap()
+                    .into()
+            }),
+            (uuid_strategy(), uuid_strategy()).prop_map(|(b, r)| BadgeAwarded {
+                badge_id: b,
+                recipient_id: r
+            }
+            .into()),
+            (uuid_strategy(), uuid_strategy(), 0i64..).prop_map(|(i, u, c)| {
+                PaymentProcessed {
+                    invoice_id: i,
+                    user_id: u,
+                    amount_cents: AmountCents::new(c).unwrap(),
+                }
+                .into()
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_event_kind_round_trips(
+            event in event_strategy(),
+            stream in proptest::option::of(uuid_strategy()),
+            secs in 0i64..4_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            actor in proptest::option::of("[a-zA-Z0-9:é ]{1,40}"),
+            extra in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,20}", 0..4),
+        ) {
+            let mut metadata = Metadata {
+                actor: actor.and_then(|a| crate::Actor::new(a).ok()),
+                ..Metadata::default()
+            };
+            for (k, v) in extra {
+                if !["correlation_id", "causation_id", "actor", "traceparent"].contains(&k.as_str()) {
+                    metadata.extra.insert(k, Value::String(v));
+                }
+            }
+            let mut env = EventEnvelope::new(event)
+                .with_metadata(metadata)
+                .with_occurred_at(DateTime::from_timestamp(secs, nanos).unwrap());
+            env.aggregate_id = stream.map(StreamId::from_uuid);
+            let decoded = EventEnvelope::decode(&env.encode()).unwrap();
+            prop_assert_eq!(decoded, env);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = EventEnvelope::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_mutated_envelopes_never_panics(
+            event in event_strategy(),
+            cut in 0usize..400,
+            flip in any::<u8>(),
+            at in 0usize..400,
+        ) {
+            let mut bytes = EventEnvelope::new(event).encode();
+            if !bytes.is_empty() {
+                let i = at % bytes.len();
+                bytes[i] ^= flip;
+                bytes.truncate(bytes.len().saturating_sub(cut % bytes.len()));
+            }
+            let _ = EventEnvelope::decode(&bytes);
+        }
+    }
+}
