@@ -1,5 +1,5 @@
 use crate::{DecodeError, DomainEvent, EventId, Metadata, StreamId, UnknownEvent, upcast};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -64,11 +64,14 @@ pub struct EventEnvelope {
 
 impl EventEnvelope {
     /// Wraps an event with a new v7 id, no stream, the current time and empty metadata.
+    ///
+    /// The time is truncated to microseconds, the precision stores keep (PostgreSQL's
+    /// `timestamptz`), so an envelope reads back equal to what was appended.
     pub fn new(event: impl Into<DomainEvent>) -> Self {
         Self {
             id: EventId::new(),
             aggregate_id: None,
-            occurred_at: Utc::now(),
+            occurred_at: Utc::now().trunc_subsecs(6),
             metadata: Metadata::default(),
             event: event.into(),
         }

@@ -47,6 +47,8 @@ pub use events::{
 pub use ids::{EventId, StreamId};
 pub use metadata::{Actor, ContextId, Metadata, TraceParent};
 pub use upcast::upcast;
+/// Re-exported: payload fields are UUIDs, so teams need no direct dependency to build events.
+pub use uuid::Uuid;
 pub use values::{AmountCents, LessonTitle, Score};
 
 /// What an append expects of the stream's current version: optimistic concurrency control.

@@ -1,1 +1,58 @@
-//! Placeholder.
+//! The contracts between the EduPulse core (append, relay, consumers) and the outside world.
+//!
+//! Each trait speaks domain types only: no database or broker type appears here, so an adapter can
+//! be swapped without touching the core or the other adapters.
+//!
+//! # The ports
+//!
+//! - [`EventAppender`] and [`EventReader`] (together [`EventStore`]): append a batch to one stream
+//!   with optimistic concurrency, idempotent by event id; read one stream forward; read all events
+//!   in **commit-safe order** from a [`Cursor`].
+//! - [`CommitHints`]: a lossy wake-up signal after commits, so followers need not poll tightly.
+//! - [`EventPublisher`]: publish a batch to the broker and report, per event, the broker's
+//!   acknowledgement (stored or duplicate) or a classified [`PublishError`].
+//! - [`CheckpointStore`]: named checkpoints and a record of dead-lettered events.
+//! - [`LeaseProvider`]: at most one active holder per name (one active relay per checkpoint).
+//! - [`EventConsumer`] and [`EventHandler`]: downstream projections, with explicit ack, retry with
+//!   backoff and dead-lettering, driven by [`consumer::run_handler`].
+//!
+//! # Design decisions
+//!
+//! - **Commit-safe order, not timestamps.** A [`Cursor`] is `(commit, position)`: events are
+//!   followed in the order their transactions became visible, so a follower never skips an event
+//!   whose transaction committed after a later-numbered one. How `commit` is derived is the
+//!   adapter's business (the in-memory store numbers appends; PostgreSQL uses transaction ids
+//!   below the snapshot horizon).
+//! - **Per-event publish outcomes.** [`EventPublisher::publish`] returns one result per event, so
+//!   the relay can checkpoint exactly the acknowledged prefix and retry or dead-letter the rest.
+//! - **Typed errors with handling advice.** Every error variant says whether to retry.
+//!   [`StoreError::Conflict`] carries the expected and actual versions.
+//! - **`async-trait`** because the app holds the ports as `Arc<dyn …>`.
+//! - **Fakes over mocks.** The `test-util` feature brings in-memory implementations
+//!   ([`memory`]) and the [`conformance`] kit any store adapter must pass; `mocks` brings mockall
+//!   mocks for the rare interaction check.
+
+mod checkpoint;
+pub mod consumer;
+mod error;
+mod lease;
+mod publisher;
+mod store;
+
+#[cfg(feature = "test-util")]
+pub mod conformance;
+#[cfg(feature = "test-util")]
+pub mod memory;
+
+pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use consumer::{
+    ConsumeError, Delivery, DeliveryToken, EventConsumer, EventHandler, HandlerError, RetryPolicy,
+    Settlement,
+};
+pub use error::{BoxError, PublishError, StoreError};
+pub use lease::{Lease, LeaseProvider};
+pub use publisher::{EventPublisher, PublishAck, PublishResult};
+pub use store::{
+    AppendOutcome, AppendedEvent, CommitHints, Cursor, EventAppender, EventReader, EventStore,
+    RecordedEvent, StoreHead, validate_batch,
+};

@@ -1,0 +1,536 @@
+//! The behaviour every [`EventStore`] and [`CheckpointStore`] must have, as runnable checks.
+//!
+//! An adapter's test suite instantiates the kit with a factory for a fresh, empty store; each
+//! check becomes its own test, so failures are named and the checks run in parallel:
+//!
+//! ```ignore
+//! edupulse_ports::event_store_conformance!(my_adapter::fresh_store().await);
+//! edupulse_ports::checkpoint_conformance!(my_adapter::fresh_store().await);
+//! ```
+//!
+//! The in-memory store and the PostgreSQL store run the same kit.
+
+use crate::{CheckpointStore, Cursor, EventStore, RecordedEvent, StoreError};
+use edupulse_domain::{
+    BadgeAwarded, DEFAULT_MAX_EVENT_BYTES, EventEnvelope, EventId, ExpectedVersion,
+    LessonPublished, LessonTitle, Metadata, StreamId, Uuid,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// A valid event for `stream`, distinct from every other one made here.
+pub fn sample_event(stream: StreamId) -> EventEnvelope {
+    let mut metadata = Metadata::default();
+    metadata
+        .extra
+        .insert("note".into(), "conformance — ünïcode ✓".into());
+    EventEnvelope::new(LessonPublished {
+        lesson_id: *stream.as_uuid(),
+        author_id: Uuid::new_v4(),
+        title: LessonTitle::new(format!("Lesson {}", Uuid::new_v4()))
+            .expect("a title of this form is valid"),
+    })
+    .with_stream(stream)
+    .with_metadata(metadata)
+}
+
+/// `n` sample events for `stream`.
+pub fn sample_events(stream: StreamId, n: usize) -> Vec<EventEnvelope> {
+    (0..n).map(|_| sample_event(stream)).collect()
+}
+
+async fn read_everything<S: EventStore + ?Sized>(store: &S, page: usize) -> Vec<RecordedEvent> {
+    let mut all = Vec::new();
+    let mut cursor = Cursor::START;
+    loop {
+        let batch = store.read_all(cursor, page).await.expect("read_all");
+        let Some(last) = batch.last() else { break };
+        for pair in batch.windows(2) {
+            assert!(
+                pair[0].cursor < pair[1].cursor,
+                "read_all must be in cursor order"
+            );
+        }
+        assert!(
+            batch[0].cursor > cursor,
+            "read_all must start after the cursor"
+        );
+        cursor = last.cursor;
+        all.extend(batch);
+    }
+    all
+}
+
+/// A new stream starts at version 1; versions are contiguous; events read back unchanged.
+pub async fn append_and_read_back<S: EventStore + ?Sized>(store: &S) {
+    let stream = StreamId::new();
+    let events = sample_events(stream, 3);
+    let out = store
+        .append(stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("append");
+    assert!(!out.replayed);
+    assert_eq!(out.stream_id, stream);
+    assert_eq!(
+        out.events
+            .iter()
+            .map(|e| e.stream_version)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(out.last_version(), 3);
+    let positions: HashSet<u64> = out.events.iter().map(|e| e.position).collect();
+    assert_eq!(positions.len(), 3, "positions are unique");
+
+    let read = store.read_stream(stream, 1, 10).await.expect("read_stream");
+    assert_eq!(read.len(), 3);
+    for ((r, e), a) in read.iter().zip(&events).zip(&out.events) {
+        assert_eq!(&r.envelope, e, "an event reads back exactly as appended");
+        assert_eq!(r.stream_id, stream);
+        assert_eq!(r.stream_version, a.stream_version);
+        assert_eq!(r.position(), a.position);
+    }
+    assert_eq!(
+        store.stream_version(stream).await.expect("version"),
+        Some(3)
+    );
+    assert_eq!(
+        store
+            .stream_version(StreamId::new())
+            .await
+            .expect("version"),
+        None
+    );
+}
+
+/// Every expected-version case: any, no stream, exact; conflicts carry the actual version.
+pub async fn expected_versions<S: EventStore + ?Sized>(store: &S) {
+    let stream = StreamId::new();
+    let conflict = |r: Result<_, StoreError>| match r {
+        Err(StoreError::Conflict {
+            stream: s,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(s, stream);
+            (expected, actual)
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    let (expected, actual) = conflict(
+        store
+            .append(
+                stream,
+                ExpectedVersion::Exact(1),
+                vec![sample_event(stream)],
+            )
+            .await,
+    );
+    assert_eq!((expected, actual), (ExpectedVersion::Exact(1), None));
+
+    store
+        .append(stream, ExpectedVersion::Any, vec![sample_event(stream)])
+        .await
+        .expect("any on a new stream");
+    let (_, actual) = conflict(
+        store
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                vec![sample_event(stream)],
+            )
+            .await,
+    );
+    assert_eq!(actual, Some(1));
+    store
+        .append(stream, ExpectedVersion::Exact(1), sample_events(stream, 2))
+        .await
+        .expect("exact");
+    let (expected, actual) = conflict(
+        store
+            .append(
+                stream,
+                ExpectedVersion::Exact(2),
+                vec![sample_event(stream)],
+            )
+            .await,
+    );
+    assert_eq!((expected, actual), (ExpectedVersion::Exact(2), Some(3)));
+    let out = store
+        .append(stream, ExpectedVersion::Any, vec![sample_event(stream)])
+        .await
+        .expect("any on an existing stream");
+    assert_eq!(out.last_version(), 4);
+    let read = store.read_stream(stream, 1, 100).await.expect("read");
+    assert_eq!(read.len(), 4, "conflicting appends stored nothing");
+}
+
+/// The same batch again is a replay; a reused id with other content is refused.
+pub async fn idempotent_retries<S: EventStore + ?Sized>(store: &S) {
+    let stream = StreamId::new();
+    let events = sample_events(stream, 3);
+    let first = store
+        .append(stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("append");
+    // The retry of an append whose outcome was unknown: same ids, same content, same expectation.
+    let again = store
+        .append(stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("replay");
+    assert!(again.replayed);
+    assert_eq!(again.events, first.events);
+    assert_eq!(
+        store.read_stream(stream, 1, 10).await.expect("read").len(),
+        3
+    );
+
+    // Same id, different content.
+    let mut forged = sample_event(stream);
+    forged.id = events[0].id;
+    match store
+        .append(stream, ExpectedVersion::Any, vec![forged])
+        .await
+    {
+        Err(StoreError::DuplicateEventId { event_id }) => assert_eq!(event_id, events[0].id),
+        other => panic!("expected a duplicate id error, got {other:?}"),
+    }
+    // Same id in another stream.
+    let other = StreamId::new();
+    let mut moved = sample_event(other);
+    moved.id = events[1].id;
+    assert!(matches!(
+        store.append(other, ExpectedVersion::Any, vec![moved]).await,
+        Err(StoreError::DuplicateEventId { .. })
+    ));
+    // A batch mixing a stored event and a new one is not a retry of anything.
+    let mixed = vec![events[2].clone(), sample_event(stream)];
+    assert!(matches!(
+        store.append(stream, ExpectedVersion::Any, mixed).await,
+        Err(StoreError::DuplicateEventId { .. })
+    ));
+    assert_eq!(
+        store.read_stream(stream, 1, 10).await.expect("read").len(),
+        3
+    );
+    assert_eq!(store.stream_version(other).await.expect("version"), None);
+}
+
+/// Empty batches, foreign events, oversized events and zero limits are refused, storing nothing.
+pub async fn invalid_input<S: EventStore + ?Sized>(store: &S) {
+    let stream = StreamId::new();
+    assert!(matches!(
+        store.append(stream, ExpectedVersion::Any, vec![]).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        store
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![sample_event(StreamId::new())]
+            )
+            .await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    let e = sample_event(stream);
+    assert!(matches!(
+        store
+            .append(stream, ExpectedVersion::Any, vec![e.clone(), e])
+            .await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    let mut big = sample_event(stream);
+    big.metadata
+        .extra
+        .insert("blob".into(), "x".repeat(DEFAULT_MAX_EVENT_BYTES).into());
+    let big_id = big.id;
+    match store
+        .append(
+            stream,
+            ExpectedVersion::Any,
+            vec![sample_event(stream), big],
+        )
+        .await
+    {
+        Err(StoreError::EventTooLarge {
+            event_id,
+            size,
+            max,
+        }) => {
+            assert_eq!(event_id, big_id);
+            assert!(size > max);
+        }
+        other => panic!("expected too large, got {other:?}"),
+    }
+    assert!(matches!(
+        store.read_all(Cursor::START, 0).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        store.read_stream(stream, 1, 0).await,
+        Err(StoreError::InvalidInput { .. })
+    ));
+    assert_eq!(store.stream_version(stream).await.expect("version"), None);
+}
+
+/// Standalone events (no aggregate) are single-event streams keyed by their own id.
+pub async fn standalone_events<S: EventStore + ?Sized>(store: &S) {
+    let mut event = sample_event(StreamId::new());
+    event.aggregate_id = None;
+    let stream = event.stream_id();
+    assert_eq!(stream.as_uuid(), event.id.as_uuid());
+    let out = store
+        .append(stream, ExpectedVersion::NoStream, vec![event.clone()])
+        .await
+        .expect("append standalone");
+    assert_eq!(out.last_version(), 1);
+    let read = store.read_stream(stream, 1, 10).await.expect("read");
+    assert_eq!(read[0].envelope, event);
+    assert_eq!(read[0].envelope.aggregate_id, None);
+}
+
+/// Stream reads page by version; global reads page by cursor and see everything exactly once.
+pub async fn paging_and_global_order<S: EventStore + ?Sized>(store: &S) {
+    let before = read_everything(store, 1000).await.len();
+    let streams: Vec<StreamId> = (0..4).map(|_| StreamId::new()).collect();
+    let mut appended = Vec::new();
+    for round in 0..5 {
+        for s in &streams {
+            let out = store
+                .append(*s, ExpectedVersion::Any, sample_events(*s, 1 + round % 3))
+                .await
+                .expect("append");
+            appended.extend(out.events.iter().map(|e| e.id));
+        }
+    }
+    let s = streams[0];
+    let total = store
+        .stream_version(s)
+        .await
+        .expect("version")
+        .expect("exists");
+    let mut version = 1;
+    let mut seen = 0;
+    while version <= total {
+        let page = store.read_stream(s, version, 2).await.expect("page");
+        assert!(!page.is_empty() && page.len() <= 2);
+        assert_eq!(page[0].stream_version, version);
+        version = page.last().map_or(version, |e| e.stream_version + 1);
+        seen += page.len() as u64;
+    }
+    assert_eq!(seen, total);
+
+    let all = read_everything(store, 3).await;
+    assert_eq!(all.len() - before, appended.len());
+    let ids: Vec<EventId> = all.iter().map(|e| e.envelope.id).collect();
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event read twice");
+    for id in &appended {
+        assert!(unique.contains(id), "every appended event is read");
+    }
+    // Per-stream order holds in the global order.
+    let mut last: HashMap<StreamId, u64> = HashMap::new();
+    for e in &all {
+        let prev = last.insert(e.stream_id, e.stream_version).unwrap_or(0);
+        assert_eq!(e.stream_version, prev + 1, "stream order in global order");
+    }
+
+    let head = store.head().await.expect("head");
+    let max_position = all.iter().map(RecordedEvent::position).max().unwrap_or(0);
+    assert_eq!(head.last_position, max_position);
+
+    // Replay ranges by position.
+    let (lo, hi) = (all[before].position(), all[before + 4].position());
+    let range = store.read_positions(lo, hi, 100).await.expect("range");
+    assert!(range.iter().all(|e| (lo..=hi).contains(&e.position())));
+    assert!(range.len() >= 2);
+    let limited = store.read_positions(lo, hi, 1).await.expect("range");
+    assert_eq!(limited.len(), 1);
+}
+
+/// 16 writers race on one stream with exact expected versions: exactly one wins each version,
+/// versions are contiguous, nothing is lost.
+pub async fn concurrent_writers_on_one_stream<S: EventStore + 'static>(store: Arc<S>) {
+    const WRITERS: usize = 16;
+    const PER_WRITER: usize = 10;
+    let stream = StreamId::new();
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let mut conflicts = 0u64;
+            while mine.len() < PER_WRITER {
+                let current = store.stream_version(stream).await.expect("version");
+                let expected = current.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                let event = sample_event(stream);
+                match store.append(stream, expected, vec![event.clone()]).await {
+                    Ok(out) => {
+                        assert_eq!(out.last_version(), current.unwrap_or(0) + 1);
+                        mine.push((event.id, out.last_version()));
+                    }
+                    Err(StoreError::Conflict { actual, .. }) => {
+                        assert_ne!(actual, current, "a conflict reports a different version");
+                        conflicts += 1;
+                    }
+                    Err(e) if e.is_retryable() => {}
+                    Err(e) => panic!("unexpected error {e}"),
+                }
+            }
+            (mine, conflicts)
+        }));
+    }
+    let mut won: HashMap<u64, EventId> = HashMap::new();
+    for task in tasks {
+        let (mine, _) = task.await.expect("writer");
+        for (id, version) in mine {
+            assert!(
+                won.insert(version, id).is_none(),
+                "version {version} won twice"
+            );
+        }
+    }
+    let total = (WRITERS * PER_WRITER) as u64;
+    let read = store.read_stream(stream, 1, 10_000).await.expect("read");
+    assert_eq!(read.len() as u64, total, "nothing lost, nothing extra");
+    for (i, e) in read.iter().enumerate() {
+        assert_eq!(e.stream_version, i as u64 + 1, "contiguous versions");
+        assert_eq!(won.get(&e.stream_version), Some(&e.envelope.id));
+    }
+}
+
+/// Checkpoints load what was saved, never move backwards; dead letters are counted once.
+pub async fn checkpoints<S: CheckpointStore + EventStore + ?Sized>(store: &S) {
+    let name = format!("conformance-{}", Uuid::new_v4());
+    assert_eq!(store.load(&name).await.expect("load"), None);
+    let c1 = Cursor {
+        commit: 10,
+        position: 7,
+    };
+    store.save(&name, c1).await.expect("save");
+    assert_eq!(
+        store
+            .load(&name)
+            .await
+            .expect("load")
+            .expect("saved")
+            .cursor,
+        c1
+    );
+    let c0 = Cursor {
+        commit: 9,
+        position: 8,
+    };
+    store.save(&name, c0).await.expect("save lower");
+    assert_eq!(
+        store
+            .load(&name)
+            .await
+            .expect("load")
+            .expect("saved")
+            .cursor,
+        c1
+    );
+    let c2 = Cursor {
+        commit: 10,
+        position: 9,
+    };
+    store.save(&name, c2).await.expect("save");
+    assert_eq!(
+        store
+            .load(&name)
+            .await
+            .expect("load")
+            .expect("saved")
+            .cursor,
+        c2
+    );
+
+    let stream = StreamId::new();
+    let event = EventEnvelope::new(BadgeAwarded {
+        badge_id: Uuid::new_v4(),
+        recipient_id: Uuid::new_v4(),
+    })
+    .with_stream(stream);
+    store
+        .append(stream, ExpectedVersion::NoStream, vec![event])
+        .await
+        .expect("append");
+    let recorded = store
+        .read_stream(stream, 1, 1)
+        .await
+        .expect("read")
+        .remove(0);
+    assert_eq!(store.dead_letter_count(&name).await.expect("count"), 0);
+    store
+        .record_dead_letter(&name, &recorded, "too large")
+        .await
+        .expect("record");
+    store
+        .record_dead_letter(&name, &recorded, "too large")
+        .await
+        .expect("record twice");
+    assert_eq!(store.dead_letter_count(&name).await.expect("count"), 1);
+}
+
+/// Instantiates every [`EventStore`] check as its own `#[tokio::test]`. The argument is an
+/// expression (it may `.await`) giving a fresh store for each test.
+#[macro_export]
+macro_rules! event_store_conformance {
+    ($factory:expr) => {
+        mod event_store_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn append_and_read_back() {
+                $crate::conformance::append_and_read_back(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn expected_versions() {
+                $crate::conformance::expected_versions(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn idempotent_retries() {
+                $crate::conformance::idempotent_retries(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn invalid_input() {
+                $crate::conformance::invalid_input(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone_events() {
+                $crate::conformance::standalone_events(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn paging_and_global_order() {
+                $crate::conformance::paging_and_global_order(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_writers_on_one_stream() {
+                $crate::conformance::concurrent_writers_on_one_stream(::std::sync::Arc::new(
+                    $factory,
+                ))
+                .await;
+            }
+        }
+    };
+}
+
+/// Instantiates the [`CheckpointStore`] checks as a `#[tokio::test]`, like
+/// [`event_store_conformance!`].
+#[macro_export]
+macro_rules! checkpoint_conformance {
+    ($factory:expr) => {
+        mod checkpoint_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn checkpoints() {
+                $crate::conformance::checkpoints(&$factory).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,31 @@
+use crate::{PublishError, RecordedEvent};
+use async_trait::async_trait;
+
+/// The broker's acknowledgement of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishAck {
+    /// The broker already had this event (same id within its deduplication window): nothing new
+    /// was stored.
+    pub duplicate: bool,
+    /// The broker's sequence number of the stored message.
+    pub sequence: u64,
+}
+
+/// The outcome of publishing one event.
+pub type PublishResult = Result<PublishAck, PublishError>;
+
+/// Publishes stored events to the broker.
+#[cfg_attr(feature = "mocks", mockall::automock)]
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    /// Publishes `events` (given in the store's commit-safe order) and returns, once every one is
+    /// settled, one result per event in the same order.
+    ///
+    /// Implementations keep many events in flight but preserve each stream's order at the broker:
+    /// an event is never stored by the broker before an earlier event of its stream that failed
+    /// in this batch (later ones get [`PublishError::NotAttempted`]). Every event carries its id as
+    /// the broker's deduplication key, so publishing it again is safe.
+    ///
+    /// A caller may checkpoint up to the longest prefix of successes.
+    async fn publish(&self, events: &[RecordedEvent]) -> Vec<PublishResult>;
+}
