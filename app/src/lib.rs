@@ -1,1 +1,6 @@
-//! Placeholder.
+//! The use cases of the EduPulse event backbone and their wiring: the `edupulse-events` command.
+//!
+//! Placeholder crate docs, completed with the CLI.
+
+pub mod relay;
+pub mod stats;
