@@ -2,5 +2,6 @@
 //!
 //! Placeholder crate docs, completed with the CLI.
 
+pub mod input;
 pub mod relay;
 pub mod stats;

@@ -37,7 +37,7 @@ mod upcast;
 mod values;
 
 pub use envelope::{
-    DEFAULT_MAX_EVENT_BYTES, DecodeLimits, EventEnvelope, MAX_NESTING_DEPTH, RawEnvelope,
+    DEFAULT_MAX_EVENT_BYTES, DecodeLimits, EventEnvelope, MAX_NESTING_DEPTH, RawEnvelope, RawEvent,
 };
 pub use error::{DecodeError, ValidationError};
 pub use events::{
