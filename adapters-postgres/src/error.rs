@@ -1,0 +1,127 @@
+//! Classification of driver errors into [`StoreError`], by SQLSTATE and error kind only (never by
+//! message text: messages are localised and change between versions).
+
+use edupulse_ports::StoreError;
+
+/// SQLSTATE raised by the append-only triggers of the `events` table on UPDATE, DELETE and
+/// TRUNCATE. Dedicated to this schema, so a refusal is recognised by code.
+pub const APPEND_ONLY_SQLSTATE: &str = "EP001";
+
+/// Unique constraint on `events (event_id)`.
+pub(crate) const EVENT_ID_KEY: &str = "events_event_id_key";
+/// Unique constraint on `events (stream_id, stream_version)`.
+pub(crate) const STREAM_VERSION_KEY: &str = "events_stream_version_key";
+
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// A unique violation, by the constraint it hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UniqueViolation {
+    /// Another transaction appended the same stream version first.
+    StreamVersion,
+    /// An event id is already stored.
+    EventId,
+}
+
+/// Which of our unique constraints `error` violated, if it is such a violation.
+pub(crate) fn unique_violation(error: &sqlx::Error) -> Option<UniqueViolation> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    if db.code().as_deref() != Some(UNIQUE_VIOLATION) {
+        return None;
+    }
+    match db.constraint() {
+        Some(STREAM_VERSION_KEY) => Some(UniqueViolation::StreamVersion),
+        Some(EVENT_ID_KEY) => Some(UniqueViolation::EventId),
+        _ => None,
+    }
+}
+
+/// Whether a SQLSTATE means "try again later": the operation was cut short, not refused.
+fn is_transient(code: &str) -> bool {
+    matches!(
+        code,
+        // serialization_failure, deadlock_detected: the transaction lost a race.
+        "40001" | "40P01"
+        // admin_shutdown, crash_shutdown, cannot_connect_now: the server is going away or starting.
+        | "57P01" | "57P02" | "57P03"
+        // query_canceled (statement_timeout), lock_not_available (lock_timeout).
+        | "57014" | "55P03"
+        // too_many_connections.
+        | "53300"
+    ) || code.starts_with("08") // connection exceptions
+}
+
+/// Maps a driver error to the port's error.
+///
+/// Retryable: lost or refused connections, pool exhaustion, shutdowns, serialization failures,
+/// deadlocks, timeouts. Everything else is [`StoreError::Internal`] (a missing table, a denied
+/// privilege, a bug), which an operator must look at.
+pub(crate) fn map_sqlx(error: sqlx::Error) -> StoreError {
+    if is_transient_error(&error) {
+        StoreError::Unavailable(Box::new(error))
+    } else {
+        StoreError::Internal(Box::new(error))
+    }
+}
+
+/// The same classification for an error several callers share (a failed group append): each
+/// gets its own error carrying the driver error's text.
+pub(crate) fn shared_failure(error: &sqlx::Error) -> StoreError {
+    if is_transient_error(error) {
+        unavailable(error.to_string())
+    } else {
+        internal(error.to_string())
+    }
+}
+
+fn is_transient_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient(&code)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// A failure of this adapter that is not a driver error (a stored value out of range, a writer
+/// task that went away). Its text never contains connection details.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct AdapterError(pub(crate) String);
+
+pub(crate) fn internal(message: impl Into<String>) -> StoreError {
+    StoreError::Internal(Box::new(AdapterError(message.into())))
+}
+
+pub(crate) fn unavailable(message: impl Into<String>) -> StoreError {
+    StoreError::Unavailable(Box::new(AdapterError(message.into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_codes() {
+        for code in [
+            "40001", "40P01", "57P01", "08006", "08001", "53300", "57014",
+        ] {
+            assert!(is_transient(code), "{code}");
+        }
+        for code in ["23505", "42501", "42P01", "EP001", "22P02"] {
+            assert!(!is_transient(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn pool_errors_are_retryable() {
+        assert!(map_sqlx(sqlx::Error::PoolTimedOut).is_retryable());
+        assert!(map_sqlx(sqlx::Error::PoolClosed).is_retryable());
+        assert!(!map_sqlx(sqlx::Error::RowNotFound).is_retryable());
+    }
+}

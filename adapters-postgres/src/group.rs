@@ -1,0 +1,397 @@
+//! Group commit: concurrent appends coalesced into one statement (one transaction, one WAL flush),
+//! each call keeping its own expected-version check, idempotency and error.
+//!
+//! Calls are queued to a few writer tasks, sharded by stream (so two writers never race on one
+//! stream). A writer takes whatever is queued (up to a number of events), at most one call per
+//! stream (the others wait for the next group, in arrival order), and writes the group with one
+//! statement that checks each call's expectation against its stream's head separately: a call
+//! whose expectation fails inserts nothing and does not affect the others. While a group is being
+//! written, the next one accumulates: the busier the store, the larger the groups.
+//!
+//! When the statement fails as a whole (a unique violation because a writer outside the group
+//! raced, a reused event id, any other database error), the group is replayed call by call, each
+//! in its own savepoint of one transaction, so every call gets exactly its own result.
+
+use crate::append::{Columns, append_batch, conflict_or_replay, encode_expected, to_u64};
+use crate::config::GroupCommitConfig;
+use crate::error::{internal, map_sqlx, shared_failure, unavailable};
+use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId, Uuid};
+use edupulse_ports::{AppendOutcome, AppendedEvent, StoreError};
+use sqlx::{Connection, PgConnection, PgPool, Row};
+use std::collections::{HashSet, VecDeque};
+use tokio::sync::{mpsc, oneshot};
+
+/// The statement for a group: like the single append, per request. `requests` has one row per
+/// call (at most one per stream); `heads` reads each stream's head through a LATERAL index probe;
+/// `accepted` keeps the calls whose expectation holds; the insert joins each event to its call.
+const GROUP_APPEND_SQL: &str = r#"
+WITH requests AS (
+    SELECT * FROM unnest($1::uuid[], $2::int2[], $3::int8[])
+        WITH ORDINALITY AS r(stream_id, kind, exact, req)
+), heads AS (
+    SELECT r.req, r.stream_id, r.kind, r.exact, h.stream_version AS version, h.commit_key
+    FROM requests r
+    LEFT JOIN LATERAL (
+        SELECT e.stream_version, e.commit_key
+        FROM events e
+        WHERE e.stream_id = r.stream_id
+        ORDER BY e.stream_version DESC
+        LIMIT 1
+    ) h ON true
+), accepted AS (
+    SELECT * FROM heads h
+    WHERE CASE h.kind
+        WHEN 0 THEN true
+        WHEN 1 THEN h.version IS NULL
+        ELSE h.version = h.exact
+    END
+), inserted AS (
+    INSERT INTO events (commit_key, event_id, stream_id, stream_version, aggregate_id,
+                        event_type, schema_version, occurred_at, metadata, payload)
+    SELECT greatest(pg_current_xact_id()::text::int8, a.commit_key), u.event_id, a.stream_id,
+           coalesce(a.version, 0) + u.nth, u.aggregate_id,
+           u.event_type, u.schema_version, u.occurred_at, u.metadata, u.payload
+    FROM unnest($4::int8[], $5::int8[], $6::uuid[], $7::uuid[], $8::text[], $9::int4[],
+                $10::timestamptz[], $11::jsonb[], $12::jsonb[])
+        WITH ORDINALITY AS u(req, nth, event_id, aggregate_id, event_type, schema_version,
+                             occurred_at, metadata, payload, ord)
+    JOIN accepted a ON a.req = u.req
+    ORDER BY u.ord
+    RETURNING position, stream_id, stream_version
+)
+SELECT h.req, h.version AS head, coalesce(i.positions, '{}'::int8[]) AS positions
+FROM heads h
+LEFT JOIN (
+    SELECT stream_id, array_agg(position ORDER BY stream_version) AS positions
+    FROM inserted GROUP BY stream_id
+) i ON i.stream_id = h.stream_id
+ORDER BY h.req
+"#;
+
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+struct Request {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<EventEnvelope>,
+    reply: Reply,
+}
+
+impl Request {
+    fn answer(self, result: Result<AppendOutcome, StoreError>) {
+        // The caller may have given up (its future was dropped): nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The queues of the writer tasks.
+pub(crate) struct GroupCommitter {
+    shards: Vec<mpsc::Sender<Request>>,
+    max_group_events: usize,
+}
+
+impl GroupCommitter {
+    /// Starts the writer tasks on the current Tokio runtime. They stop when this is dropped and
+    /// their queues are drained.
+    pub(crate) fn start(pool: &PgPool, config: GroupCommitConfig) -> Self {
+        let max_group_events = config.max_group_events.max(1);
+        let capacity = config.queue_capacity.max(1);
+        let shards = (0..config.writers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(capacity);
+                tokio::spawn(writer(pool.clone(), rx, max_group_events, capacity));
+                tx
+            })
+            .collect();
+        Self {
+            shards,
+            max_group_events,
+        }
+    }
+
+    /// Whether a batch of `n` events goes through the group (larger ones are groups of their own
+    /// already, and are written directly).
+    pub(crate) fn accepts(&self, n: usize) -> bool {
+        n <= self.max_group_events
+    }
+
+    /// Queues the append and waits for its own result.
+    pub(crate) async fn append(
+        &self,
+        stream: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventEnvelope>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let shard = (stream.as_uuid().as_u128() % self.shards.len() as u128) as usize;
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            stream,
+            expected,
+            events,
+            reply,
+        };
+        self.shards[shard]
+            .send(request)
+            .await
+            .map_err(|_| unavailable("the group commit writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable("the group commit writer stopped before answering"))?
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    requests: Vec<Request>,
+    streams: HashSet<StreamId>,
+    events: usize,
+}
+
+impl Group {
+    /// Takes `request` into the group, or gives it back when its stream is already in the group
+    /// or it would make the group too large.
+    fn offer(&mut self, request: Request, max_events: usize) -> Option<Request> {
+        let too_big = !self.requests.is_empty() && self.events + request.events.len() > max_events;
+        if too_big || self.streams.contains(&request.stream) {
+            return Some(request);
+        }
+        self.streams.insert(request.stream);
+        self.events += request.events.len();
+        self.requests.push(request);
+        None
+    }
+
+    fn is_full(&self, max_events: usize) -> bool {
+        self.events >= max_events
+    }
+}
+
+async fn writer(
+    pool: PgPool,
+    mut queue: mpsc::Receiver<Request>,
+    max_events: usize,
+    max_deferred: usize,
+) {
+    // Calls that could not join the previous group, oldest first: they go first next time, so
+    // calls on one stream are written in arrival order.
+    let mut deferred: VecDeque<Request> = VecDeque::new();
+    let mut open = true;
+    loop {
+        let mut group = Group::default();
+        let mut next_deferred = VecDeque::new();
+        for request in deferred.drain(..) {
+            next_deferred.extend(group.offer(request, max_events));
+        }
+        if group.requests.is_empty() {
+            if !open {
+                return;
+            }
+            match queue.recv().await {
+                Some(request) => next_deferred.extend(group.offer(request, max_events)),
+                None => return,
+            }
+        }
+        while open && !group.is_full(max_events) && next_deferred.len() < max_deferred {
+            match queue.try_recv() {
+                Ok(request) => next_deferred.extend(group.offer(request, max_events)),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        deferred = next_deferred;
+        write_group(&pool, group.requests).await;
+    }
+}
+
+async fn write_group(pool: &PgPool, mut requests: Vec<Request>) {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(error) => {
+            for request in requests {
+                request.answer(Err(shared_failure(&error)));
+            }
+            return;
+        }
+    };
+    if requests.len() == 1 {
+        if let Some(request) = requests.pop() {
+            let result = append_batch(
+                &mut conn,
+                request.stream,
+                request.expected,
+                &request.events,
+                false,
+            )
+            .await;
+            request.answer(result);
+        }
+        return;
+    }
+    match run_group_statement(&mut conn, &requests).await {
+        Ok(rows) => {
+            for (request, row) in requests.into_iter().zip(rows) {
+                match row {
+                    GroupRow::Appended(events) => {
+                        let stream_id = request.stream;
+                        request.answer(Ok(AppendOutcome {
+                            stream_id,
+                            events,
+                            replayed: false,
+                        }));
+                    }
+                    // Resolving a rejection (conflict, or replay of an earlier append) takes a
+                    // lookup: done aside, so that it delays neither the others nor the next group.
+                    GroupRow::Rejected { head } => {
+                        tokio::spawn(resolve_rejection(pool.clone(), request, head));
+                    }
+                    GroupRow::Failed(error) => request.answer(Err(error)),
+                }
+            }
+        }
+        Err(error @ sqlx::Error::Database(_)) => {
+            tracing::debug!(%error, calls = requests.len(), "group append failed, isolating calls");
+            one_by_one(&mut conn, requests).await;
+        }
+        Err(error) => {
+            for request in requests {
+                request.answer(Err(shared_failure(&error)));
+            }
+        }
+    }
+}
+
+enum GroupRow {
+    Appended(Vec<AppendedEvent>),
+    Rejected { head: Option<u64> },
+    Failed(StoreError),
+}
+
+async fn run_group_statement(
+    conn: &mut PgConnection,
+    requests: &[Request],
+) -> Result<Vec<GroupRow>, sqlx::Error> {
+    let total: usize = requests.iter().map(|r| r.events.len()).sum();
+    let mut streams: Vec<Uuid> = Vec::with_capacity(requests.len());
+    let mut kinds = Vec::with_capacity(requests.len());
+    let mut exacts = Vec::with_capacity(requests.len());
+    let mut req_of_event: Vec<i64> = Vec::with_capacity(total);
+    let mut nth: Vec<i64> = Vec::with_capacity(total);
+    let mut columns = Columns::with_capacity(total);
+    for (i, request) in requests.iter().enumerate() {
+        let (kind, exact) = encode_expected(request.expected);
+        streams.push(*request.stream.as_uuid());
+        kinds.push(kind);
+        exacts.push(exact);
+        for (n, event) in request.events.iter().enumerate() {
+            req_of_event.push(i as i64 + 1);
+            nth.push(n as i64 + 1);
+            columns.push(event);
+        }
+    }
+    let rows = sqlx::query(GROUP_APPEND_SQL)
+        .bind(&streams)
+        .bind(&kinds)
+        .bind(&exacts)
+        .bind(&req_of_event)
+        .bind(&nth)
+        .bind(&columns.event_ids)
+        .bind(&columns.aggregate_ids)
+        .bind(&columns.event_types)
+        .bind(&columns.schema_versions)
+        .bind(&columns.occurred_at)
+        .bind(&columns.metadata)
+        .bind(&columns.payloads)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = Vec::with_capacity(requests.len());
+    for (request, row) in requests.iter().zip(&rows) {
+        let head: Option<i64> = row.try_get("head")?;
+        let positions: Vec<i64> = row.try_get("positions")?;
+        out.push(group_row(request, head, &positions));
+    }
+    if out.len() != requests.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "group append returned {} rows for {} calls",
+            rows.len(),
+            requests.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn group_row(request: &Request, head: Option<i64>, positions: &[i64]) -> GroupRow {
+    let head = match head.map(to_u64).transpose() {
+        Ok(head) => head,
+        Err(e) => return GroupRow::Failed(e),
+    };
+    if positions.is_empty() {
+        return GroupRow::Rejected { head };
+    }
+    if positions.len() != request.events.len() {
+        return GroupRow::Failed(internal(format!(
+            "group append stored {} of {} events of a call",
+            positions.len(),
+            request.events.len()
+        )));
+    }
+    let first = head.unwrap_or(0) + 1;
+    let mut events = Vec::with_capacity(positions.len());
+    for (i, (&position, event)) in positions.iter().zip(&request.events).enumerate() {
+        match to_u64(position) {
+            Ok(position) => events.push(AppendedEvent {
+                id: event.id,
+                stream_version: first + i as u64,
+                position,
+            }),
+            Err(e) => return GroupRow::Failed(e),
+        }
+    }
+    GroupRow::Appended(events)
+}
+
+async fn resolve_rejection(pool: PgPool, request: Request, head: Option<u64>) {
+    let result = match pool.acquire().await {
+        Ok(mut conn) => {
+            let columns = Columns::of(&request.events);
+            conflict_or_replay(&mut conn, request.stream, request.expected, head, &columns).await
+        }
+        Err(error) => Err(map_sqlx(error)),
+    };
+    request.answer(result);
+}
+
+/// The group failed as a whole: write each call in its own savepoint of one transaction (still
+/// one commit), so a failing call only fails itself. Answers are sent after the commit: a call
+/// reported as appended is durable.
+async fn one_by_one(conn: &mut PgConnection, requests: Vec<Request>) {
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(error) => {
+            for request in requests {
+                request.answer(Err(shared_failure(&error)));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(requests.len());
+    for request in &requests {
+        results.push(
+            append_batch(
+                &mut tx,
+                request.stream,
+                request.expected,
+                &request.events,
+                true,
+            )
+            .await,
+        );
+    }
+    let committed = tx.commit().await;
+    for (request, result) in requests.into_iter().zip(results) {
+        let result = match (&committed, result) {
+            (Err(error), Ok(_)) => Err(shared_failure(error)),
+            (_, result) => result,
+        };
+        request.answer(result);
+    }
+}

@@ -1,0 +1,180 @@
+//! Reads: one stream forward, all events in commit-safe order, ranges by position.
+
+use crate::append::to_u64;
+use crate::error::{internal, map_sqlx};
+use chrono::{DateTime, Utc};
+use edupulse_domain::{RawEnvelope, RawEvent, StreamId, Uuid};
+use edupulse_ports::{Cursor, RecordedEvent, StoreError, StoreHead};
+use serde_json::Value;
+use sqlx::PgPool;
+use std::sync::LazyLock;
+
+const COLUMNS: &str = "position, commit_key, event_id, stream_id, stream_version, aggregate_id, \
+                       event_type, schema_version, occurred_at, recorded_at, metadata, payload";
+
+/// The commit-safe read. Only rows below the snapshot's xmin are returned: every transaction
+/// with an id below it has finished (committed rows are visible to this snapshot, rolled-back
+/// ones never will be), and every transaction still running writes keys at or above it. So
+/// nothing can ever appear below a cursor this query returned. The bound is evaluated once per
+/// statement and used as an index bound on (commit_key, position).
+pub(crate) static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events \
+         WHERE (commit_key, position) > ($1, $2) \
+           AND commit_key < pg_snapshot_xmin(pg_current_snapshot())::text::int8 \
+         ORDER BY commit_key, position LIMIT $3"
+    )
+});
+
+static READ_STREAM_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND stream_version >= $2 \
+         ORDER BY stream_version LIMIT $3"
+    )
+});
+
+static READ_POSITIONS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM events WHERE position BETWEEN $1 AND $2 \
+         ORDER BY position LIMIT $3"
+    )
+});
+
+/// `events` counts exactly while the table is small and uses the planner's estimate once it is
+/// large (a `count(*)` of a big table is a full scan, too slow for a status command).
+const HEAD_SQL: &str = "\
+    SELECT coalesce((SELECT max(position) FROM events), 0) AS last_position, \
+           (SELECT CASE WHEN c.reltuples < 1000000 \
+                        THEN (SELECT count(*) FROM events) \
+                        ELSE c.reltuples::int8 END \
+            FROM pg_class c WHERE c.oid = 'events'::regclass) AS events";
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    commit_key: i64,
+    event_id: Uuid,
+    stream_id: Uuid,
+    stream_version: i64,
+    aggregate_id: Option<Uuid>,
+    event_type: String,
+    schema_version: i32,
+    occurred_at: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+    metadata: Value,
+    payload: Value,
+}
+
+impl EventRow {
+    fn into_recorded(self) -> Result<RecordedEvent, StoreError> {
+        let position = to_u64(self.position)?;
+        let version = u16::try_from(self.schema_version).map_err(|_| {
+            internal(format!(
+                "schema version {} out of range at position {position}",
+                self.schema_version
+            ))
+        })?;
+        let raw = RawEnvelope {
+            id: self.event_id,
+            aggregate_id: self.aggregate_id,
+            occurred_at: self.occurred_at,
+            version,
+            metadata: self.metadata,
+            event: RawEvent {
+                event_type: self.event_type,
+                payload: self.payload,
+            },
+        };
+        let envelope = raw
+            .into_envelope()
+            .map_err(|source| StoreError::Corrupted { position, source })?;
+        Ok(RecordedEvent {
+            envelope,
+            stream_id: StreamId::from_uuid(self.stream_id),
+            stream_version: to_u64(self.stream_version)?,
+            cursor: Cursor {
+                commit: to_u64(self.commit_key)?,
+                position,
+            },
+            recorded_at: self.recorded_at,
+        })
+    }
+}
+
+fn check_limit(limit: usize) -> Result<i64, StoreError> {
+    if limit == 0 {
+        return Err(StoreError::InvalidInput {
+            reason: "limit must be at least 1".into(),
+        });
+    }
+    Ok(i64::try_from(limit).unwrap_or(i64::MAX))
+}
+
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn decode_rows(rows: Vec<EventRow>) -> Result<Vec<RecordedEvent>, StoreError> {
+    rows.into_iter().map(EventRow::into_recorded).collect()
+}
+
+pub(crate) async fn read_stream(
+    pool: &PgPool,
+    stream: StreamId,
+    from_version: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let limit = check_limit(limit)?;
+    let rows = sqlx::query_as::<_, EventRow>(&READ_STREAM_SQL)
+        .bind(stream.as_uuid())
+        .bind(clamp(from_version))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?;
+    decode_rows(rows)
+}
+
+pub(crate) async fn read_all(
+    pool: &PgPool,
+    after: Cursor,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let limit = check_limit(limit)?;
+    let rows = sqlx::query_as::<_, EventRow>(&READ_ALL_SQL)
+        .bind(clamp(after.commit))
+        .bind(clamp(after.position))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?;
+    decode_rows(rows)
+}
+
+pub(crate) async fn read_positions(
+    pool: &PgPool,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let limit = check_limit(limit)?;
+    let rows = sqlx::query_as::<_, EventRow>(&READ_POSITIONS_SQL)
+        .bind(clamp(from))
+        .bind(clamp(to))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?;
+    decode_rows(rows)
+}
+
+pub(crate) async fn head(pool: &PgPool) -> Result<StoreHead, StoreError> {
+    let (last_position, events): (i64, Option<i64>) = sqlx::query_as(HEAD_SQL)
+        .fetch_one(pool)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(StoreHead {
+        last_position: to_u64(last_position)?,
+        events: to_u64(events.unwrap_or_default())?,
+    })
+}
