@@ -1,1 +1,105 @@
-//! Placeholder.
+//! The NATS JetStream adapter of the EduPulse event backbone: it publishes stored events with
+//! acknowledgement, deduplication and per-stream order, and gives downstream projections a
+//! durable consumer with retries and dead letters.
+//!
+//! It implements two ports of `edupulse-ports`: [`EventPublisher`](edupulse_ports::EventPublisher)
+//! with [`NatsPublisher`], and [`EventConsumer`](edupulse_ports::EventConsumer) with
+//! [`NatsConsumer`]. Nothing of `async-nats` leaks through those traits.
+//!
+//! ```no_run
+//! use edupulse_nats::{NatsConfig, NatsPublisher, connect, jetstream_context, provision};
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = NatsConfig::new(["nats://127.0.0.1:4222"], "EDUPULSE_EVENTS", "edupulse");
+//! let client = connect(&config).await?; // typed: unreachable, bad URL, auth, TLS
+//! provision(&jetstream_context(client.clone(), &config), &config).await?; // idempotent
+//! let publisher = NatsPublisher::new(client, &config);
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout on the broker
+//!
+//! - **Subjects** are `<prefix>.<EventType>.<stream id>`, so a consumer filters by type with
+//!   `<prefix>.LessonPublished.*` ([`type_filter`]) and by aggregate with `<prefix>.*.<stream id>`
+//!   ([`stream_filter`]). The event stream captures exactly `<prefix>.*.*`.
+//! - **The event stream** ([`provision`]) uses file storage, limits retention with no limit
+//!   (events are never dropped by the broker), the configured replicas, duplicate window and
+//!   maximum message size. **The dead-letter stream** `<stream>_DLQ` captures `<prefix>-dlq.>`.
+//! - Provisioning is create-or-check: a missing stream is created; an existing one that
+//!   contradicts a requirement (other subjects, memory storage, a shorter duplicate window, fewer
+//!   replicas, a retention or a limit that drops events, `no_ack`) is a
+//!   [`ProvisionError::Incompatible`] naming the field, never silently used. Harmless differences
+//!   (maximum message size, description) are updated.
+//! - **Messages**: the payload is [`EventEnvelope::encode`](edupulse_domain::EventEnvelope::encode)
+//!   (the seed-compatible JSON); the headers ([`headers`]) carry `Nats-Msg-Id` = the event id,
+//!   the event type, schema version, stream id and version, global position, content type, and
+//!   the envelope's `traceparent`, correlation and causation ids.
+//!
+//! # Publishing: acknowledged, deduplicated, ordered per stream, pipelined
+//!
+//! Every message is published with JetStream and its acknowledgement awaited; a duplicate
+//! (same `Nats-Msg-Id` within the duplicate window) is reported as
+//! [`PublishAck::duplicate`](edupulse_ports::PublishAck). The duplicate window must be at least
+//! the relay's longest retry horizon (see [`NatsConfig::duplicate_window`]).
+//!
+//! **Ordering under pipelining.** Throughput comes from many messages awaiting acknowledgement at
+//! once, but pipelining within one stream can reorder it at the broker: if event 5 of a stream
+//! times out while event 6 is acknowledged (the connection dropped between the two and the
+//! client reconnected; 5 was lost on the old connection, 6 went out on the new one), retrying 5
+//! stores it *after* 6. So the publisher pipelines **across** streams — up to
+//! [`NatsConfig::max_in_flight`] messages in flight — but keeps **at most one message in flight
+//! per stream**: the next event of a stream is sent only once the previous one is acknowledged.
+//! When an event fails, the later events of its stream in the batch are not sent and are
+//! reported as [`PublishError::NotAttempted`](edupulse_ports::PublishError), while other
+//! streams proceed. A stale copy of a timed-out event that reaches the broker late is older than
+//! any retry and is dropped as a duplicate.
+//!
+//! *Trade-off:* a batch dominated by one hot stream is bound by the round trip (one
+//! acknowledgement per event of that stream). Batches of the relay span many aggregates, so in
+//! practice the pipeline stays full. NATS 2.11's `Nats-Expected-Last-Subject-Sequence-Subject`
+//! header would let the server itself refuse out-of-order writes and allow several in flight per
+//! stream; the test image runs 2.10, so this adapter does not rely on it.
+//!
+//! **Failures** are classified by the client's error kinds and the server's error codes, never by
+//! message text: no acknowledgement in time → `Timeout` (ambiguous: retry with the same id); no
+//! stream or no responders → `Misconfigured`; connection lost → `Unavailable`; a message larger
+//! than [`NatsConfig::max_message_bytes`] (payload plus headers) → `TooLarge`, checked before
+//! sending; an event type that cannot be a subject token, or a permanent server refusal →
+//! `Rejected`.
+//!
+//! # Consuming
+//!
+//! [`NatsConsumer`] is a durable pull consumer with explicit acknowledgement and an unlimited
+//! `max_deliver` (the [`RetryPolicy`](edupulse_ports::RetryPolicy) decides when to give up).
+//! A retry naks with a delay; a dead letter is copied to the dead-letter stream with reason
+//! headers, and the original is terminated only once the copy is acknowledged. Messages that
+//! cannot be decoded are dead-lettered by the consumer itself.
+//!
+//! # Connecting
+//!
+//! [`connect`] applies TLS and authentication (credentials file, nkey, token, user and password)
+//! and classifies a failed first connection ([`ConnectError`]): bad URL, unreachable, refused
+//! credentials, TLS. Secrets are never printed: [`NatsConfig`]'s `Debug` masks them and URLs in
+//! errors are redacted.
+
+mod config;
+mod connect;
+mod consumer;
+mod provision;
+mod publisher;
+mod wire;
+
+pub use config::{
+    DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_MESSAGE_BYTES, NatsAuth, NatsConfig, NatsTls, redact_url,
+};
+pub use connect::{ConnectError, connect};
+pub use consumer::{ConsumerOptions, MAX_REASON_BYTES, NatsConsumer};
+pub use provision::{
+    DLQ_HEADER_ROOM, ProvisionError, ProvisionReport, StreamOutcome, dlq_stream_config,
+    ensure_stream, event_stream_config, provision, validate,
+};
+pub use publisher::{NatsPublisher, jetstream_context};
+pub use wire::{
+    dlq_stream_subjects, event_headers, event_subject, headers, stream_filter, stream_subjects,
+    type_filter, wire_size,
+};

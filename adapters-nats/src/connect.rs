@@ -1,0 +1,245 @@
+//! Connecting to NATS, with failures classified so a command line can print one clear line.
+
+use crate::config::{NatsAuth, NatsConfig, redact_url};
+use async_nats::{ConnectErrorKind, ConnectOptions, Event, ServerAddr};
+use secrecy::ExposeSecret;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Why a connection could not be opened. Messages never contain a secret (URLs are redacted).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// No server URL was configured.
+    ///
+    /// # Handling
+    /// A configuration error: set at least one URL (`NATS_URL`).
+    #[error("no NATS server URL configured")]
+    NoServers,
+    /// A server URL cannot be parsed (bad scheme, bad port…).
+    ///
+    /// # Handling
+    /// A configuration error: fix the URL. Not retryable.
+    #[error("invalid NATS server URL {url}")]
+    InvalidUrl {
+        /// The URL, with any password masked.
+        url: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No server could be reached (connection refused, DNS failure, timeout).
+    ///
+    /// # Handling
+    /// Retryable: the servers may be starting. Check the address and the network if it persists.
+    #[error("cannot reach NATS at {servers}")]
+    Unreachable {
+        /// The servers tried, with passwords masked.
+        servers: String,
+        /// The last failure.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The server refused the credentials (authorization violation, bad signature).
+    ///
+    /// # Handling
+    /// Not retryable: fix the user, password, token, nkey or credentials file.
+    #[error("NATS refused the credentials")]
+    AuthFailed(#[source] async_nats::ConnectError),
+    /// TLS could not be set up (certificate not trusted, TLS required but not offered, a
+    /// certificate file that cannot be read).
+    ///
+    /// # Handling
+    /// Not retryable: fix the TLS options or the server's certificate.
+    #[error("TLS with NATS failed")]
+    Tls(#[source] async_nats::ConnectError),
+    /// The credentials file cannot be read or parsed.
+    ///
+    /// # Handling
+    /// Not retryable: fix the path or the file.
+    #[error("cannot read NATS credentials file {path}")]
+    CredentialsFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ConnectError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ConnectError::Unreachable { .. })
+    }
+}
+
+/// Opens a client connection as `config` says: all servers listed, TLS and authentication
+/// applied, unlimited reconnection after the first success (a publish during an outage fails
+/// with a classified error, and the client reconnects by itself), connection events logged with
+/// `tracing`.
+///
+/// The first connection is tried once over the servers and fails with a typed error, so that a
+/// command started with a wrong URL or password says so at once.
+///
+/// # Errors
+/// Every [`ConnectError`] variant.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
+    let addrs = parse_servers(&config.servers)?;
+    let options = options(config).await?;
+    options
+        .connect(addrs)
+        .await
+        .map_err(|e| classify_connect(e, &config.servers))
+}
+
+/// Parses the server URLs.
+fn parse_servers(servers: &[String]) -> Result<Vec<ServerAddr>, ConnectError> {
+    if servers.is_empty() {
+        return Err(ConnectError::NoServers);
+    }
+    servers
+        .iter()
+        .map(|s| {
+            s.parse::<ServerAddr>()
+                .map_err(|source| ConnectError::InvalidUrl {
+                    url: redact_url(s),
+                    source,
+                })
+        })
+        .collect()
+}
+
+async fn options(config: &NatsConfig) -> Result<ConnectOptions, ConnectError> {
+    let mut options = match &config.auth {
+        NatsAuth::None => ConnectOptions::new(),
+        NatsAuth::CredentialsFile(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::CredentialsFile {
+                path: path.clone(),
+                source,
+            })?,
+        NatsAuth::NkeySeed(seed) => ConnectOptions::with_nkey(seed.expose_secret().to_owned()),
+        NatsAuth::Token(token) => ConnectOptions::with_token(token.expose_secret().to_owned()),
+        NatsAuth::UserPassword { user, password } => {
+            ConnectOptions::with_user_and_password(user.clone(), password.expose_secret().into())
+        }
+    };
+    options = options
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.ack_timeout))
+        .max_reconnects(None::<usize>)
+        // Room for a whole pipelined batch while reconnecting, so sends never wait on the
+        // client's queue instead of timing out on the acknowledgement.
+        .client_capacity(config.max_in_flight.saturating_mul(2).max(2048))
+        .require_tls(config.tls.require_tls)
+        .event_callback(|event| async move { log_event(&event) });
+    if config.ignore_discovered_servers {
+        options = options.ignore_discovered_servers();
+    }
+    if let Some(name) = &config.client_name {
+        options = options.name(name);
+    }
+    if let Some(ca) = &config.tls.root_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &config.tls.client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(options)
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Connected => tracing::info!("nats connected"),
+        Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
+        Event::LameDuckMode => tracing::warn!("nats server entering lame duck mode"),
+        Event::SlowConsumer(sid) => tracing::warn!(sid, "nats slow consumer"),
+        other => tracing::debug!(event = %other, "nats connection event"),
+    }
+}
+
+/// Maps a client connect error to ours, by kind.
+fn classify_connect(error: async_nats::ConnectError, servers: &[String]) -> ConnectError {
+    match error.kind() {
+        ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+            ConnectError::AuthFailed(error)
+        }
+        ConnectErrorKind::Tls => ConnectError::Tls(error),
+        ConnectErrorKind::ServerParse => ConnectError::InvalidUrl {
+            url: servers
+                .iter()
+                .map(|s| redact_url(s))
+                .collect::<Vec<_>>()
+                .join(","),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
+        },
+        ConnectErrorKind::Dns
+        | ConnectErrorKind::TimedOut
+        | ConnectErrorKind::Io
+        | ConnectErrorKind::MaxReconnects => ConnectError::Unreachable {
+            servers: servers
+                .iter()
+                .map(|s| redact_url(s))
+                .collect::<Vec<_>>()
+                .join(","),
+            source: error,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_urls_are_typed_and_redacted() {
+        assert!(matches!(parse_servers(&[]), Err(ConnectError::NoServers)));
+        let err = parse_servers(&["http://u:pw@h:4222".into()]).unwrap_err();
+        match &err {
+            ConnectError::InvalidUrl { url, .. } => assert_eq!(url, "http://***@h:4222"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!err.to_string().contains("pw"));
+        assert!(parse_servers(&["nats://h:notaport".into()]).is_err());
+        assert!(parse_servers(&["nats://h:4222".into(), "localhost".into()]).is_ok());
+    }
+
+    #[test]
+    fn kinds_are_classified() {
+        let servers = vec!["nats://u:pw@h:1".to_owned()];
+        let e = |k| classify_connect(async_nats::ConnectError::new(k), &servers);
+        assert!(matches!(
+            e(ConnectErrorKind::AuthorizationViolation),
+            ConnectError::AuthFailed(_)
+        ));
+        assert!(matches!(
+            e(ConnectErrorKind::Authentication),
+            ConnectError::AuthFailed(_)
+        ));
+        assert!(matches!(e(ConnectErrorKind::Tls), ConnectError::Tls(_)));
+        let unreachable = e(ConnectErrorKind::Io);
+        assert!(unreachable.is_retryable());
+        assert_eq!(
+            unreachable.to_string(),
+            "cannot reach NATS at nats://***@h:1"
+        );
+        assert!(matches!(
+            e(ConnectErrorKind::TimedOut),
+            ConnectError::Unreachable { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_reported_as_such() {
+        // Port 1 on localhost: nothing listens there.
+        let mut config = NatsConfig::new(["nats://127.0.0.1:1"], "S", "p");
+        config.connect_timeout = std::time::Duration::from_secs(1);
+        match connect(&config).await {
+            Err(ConnectError::Unreachable { servers, .. }) => {
+                assert_eq!(servers, "nats://127.0.0.1:1")
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+    }
+}
