@@ -2,6 +2,9 @@
 //!
 //! Placeholder crate docs, completed with the CLI.
 
+pub mod cli;
+pub mod http;
 pub mod input;
 pub mod relay;
 pub mod stats;
+pub mod telemetry;

@@ -110,9 +110,23 @@ pub struct RelayStats {
     pub takeovers: AtomicU64,
     /// Time from the store recording an event to the broker's acknowledgement.
     pub commit_to_ack: LatencyHistogram,
+    /// Unix time in milliseconds of the last healthy iteration (lease check or successful read).
+    pub heartbeat_ms: AtomicU64,
 }
 
 impl RelayStats {
+    fn beat(&self) {
+        let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or_default();
+        self.heartbeat_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether the relay had a healthy iteration within `within`.
+    pub fn is_healthy(&self, within: Duration) -> bool {
+        let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or_default();
+        let last = self.heartbeat_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) <= u64::try_from(within.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Approximate number of events not yet published (positions are not dense in commit order,
     /// so this is an estimate; 0 when caught up).
     pub fn lag(&self) -> u64 {
@@ -197,12 +211,16 @@ impl Relay {
                 .try_acquire(&self.config.name, &self.config.holder)
                 .await
             {
-                Ok(Some(lease)) => return Some(lease),
+                Ok(Some(lease)) => {
+                    self.stats.beat();
+                    return Some(lease);
+                }
                 Ok(None) if !logged => {
+                    self.stats.beat();
                     info!("another relay is active; standing by");
                     logged = true;
                 }
-                Ok(None) => {}
+                Ok(None) => self.stats.beat(),
                 Err(e) => warn!(error = %e, "cannot try the lease; retrying"),
             }
             tokio::select! {
@@ -252,6 +270,7 @@ impl Relay {
                 }
             };
             failures = 0;
+            self.stats.beat();
             if page.is_empty() {
                 self.refresh_head().await;
                 // Idle: wait for a hint, the poll interval, shutdown or the loss of the lease.

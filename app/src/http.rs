@@ -1,0 +1,61 @@
+//! The relay's HTTP endpoints: `/metrics` (Prometheus), `/healthz` (alive), `/readyz` (healthy
+//! iteration recently: store reachable, lease checked).
+
+use crate::relay::RelayStats;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+struct AppState {
+    prometheus: PrometheusHandle,
+    stats: Arc<RelayStats>,
+}
+
+/// Binds `addr` and serves until `shutdown`. Returns the bound address (port 0 picks one).
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    prometheus: PrometheusHandle,
+    stats: Arc<RelayStats>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(AppState { prometheus, stats });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    state.prometheus.render()
+}
+
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.stats.is_healthy(Duration::from_secs(10)) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no healthy iteration in 10 s\n",
+        )
+    }
+}

@@ -1,0 +1,96 @@
+//! Logging (tracing, text or JSON, filtered by `RUST_LOG`) and Prometheus metrics.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global tracing subscriber, writing to stderr (stdout carries command output).
+/// The filter comes from `RUST_LOG`, defaulting to `default_filter`.
+pub fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::NONE);
+    // A second initialisation (tests building several apps) is harmless: keep the first.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "edupulse_relay_published_total",
+        "Events newly stored by the broker."
+    );
+    describe_counter!(
+        "edupulse_relay_duplicates_total",
+        "Events the broker already had (deduplicated re-publishes)."
+    );
+    describe_counter!(
+        "edupulse_relay_retries_total",
+        "Publish rounds retried after a failure."
+    );
+    describe_counter!(
+        "edupulse_relay_dead_letters_total",
+        "Events refused for good by the broker and recorded as dead letters."
+    );
+    describe_counter!(
+        "edupulse_relay_store_errors_total",
+        "Failed store calls (retried)."
+    );
+    describe_counter!(
+        "edupulse_relay_lease_lost_total",
+        "Times the relay lost its lease and stopped publishing."
+    );
+    describe_gauge!(
+        "edupulse_relay_active",
+        "1 when this relay holds the lease."
+    );
+    describe_gauge!(
+        "edupulse_relay_lag_events",
+        "Approximate events committed but not yet published."
+    );
+    describe_gauge!(
+        "edupulse_relay_checkpoint_position",
+        "Global position of the last saved checkpoint."
+    );
+    describe_histogram!("edupulse_relay_batch_size", "Events per publish batch.");
+    describe_histogram!(
+        "edupulse_relay_commit_to_ack_seconds",
+        "Time from the store recording an event to the broker acknowledging it."
+    );
+    describe_counter!(
+        "edupulse_append_events_total",
+        "Events appended by this process."
+    );
+    describe_counter!("edupulse_append_errors_total", "Failed appends, by kind.");
+}
