@@ -224,4 +224,6 @@ if [ "$status" != 0 ]; then
     log "FAILED"
     exit 1
 fi
+# older builds of the two images, now untagged (not those still used by a container)
+docker image prune -f --filter "label=$HASH_LABEL" >/dev/null 2>&1 || true
 log "done: $PG_IMAGE, $NATS_IMAGE"

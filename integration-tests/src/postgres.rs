@@ -1,0 +1,395 @@
+//! PostgreSQL 15 containers: owned ones for fault tests ([`start_postgres`]),
+//! the shared one of the test binary ([`shared_postgres`]) and migrated
+//! per-test databases in it ([`fresh_database`]).
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Executor as _};
+use testcontainers::core::WaitFor;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::docker::{self, HOST};
+use crate::images::{POSTGRES_IMAGE, POSTGRES_TAG};
+
+/// Superuser of the test containers.
+pub const PG_USER: &str = "postgres";
+/// Password of [`PG_USER`].
+pub const PG_PASSWORD: &str = "edupulse-test";
+/// Port PostgreSQL listens on inside the container.
+pub const PG_PORT: u16 = 5432;
+/// The server's readiness line, printed on stderr once per container start.
+pub const PG_READY_LINE: &str = "database system is ready to accept connections";
+/// Server arguments used by [`start_postgres`] and the shared container:
+/// no fsync (test speed; a container stop or kill loses nothing with it).
+/// The image itself keeps PostgreSQL's defaults, plus `max_connections=200`.
+pub const DEFAULT_PG_ARGS: &[&str] = &["-c", "fsync=off"];
+/// Name of the migrated template database in the shared container.
+pub const TEMPLATE_DB: &str = "edupulse_template";
+/// How long `start()` waits for PostgreSQL to accept queries again.
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A PostgreSQL container owned by the caller; removed when dropped.
+///
+/// Its port on 127.0.0.1 is fixed for the container's life: a pool made with
+/// [`PgContainer::url`] reconnects by itself after [`PgContainer::start`].
+pub struct PgContainer {
+    container: ContainerAsync<GenericImage>,
+    port: AtomicU16,
+}
+
+impl std::fmt::Debug for PgContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgContainer")
+            .field("id", &self.id())
+            .field("port", &self.port())
+            .finish()
+    }
+}
+
+/// Starts a PostgreSQL container of the caller's own, with [`DEFAULT_PG_ARGS`].
+///
+/// # Panics
+///
+/// When the image cannot be built or the container does not become ready.
+pub async fn start_postgres() -> PgContainer {
+    start_postgres_with_args(DEFAULT_PG_ARGS).await
+}
+
+/// Starts a PostgreSQL container with these server arguments (e.g.
+/// `["-c", "max_connections=20"]`), which replace [`DEFAULT_PG_ARGS`].
+///
+/// # Panics
+///
+/// When the image cannot be built or the container does not become ready.
+pub async fn start_postgres_with_args(args: &[&str]) -> PgContainer {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let (container, ports) = docker::start_container(
+        "postgres",
+        || {
+            GenericImage::new(POSTGRES_IMAGE, POSTGRES_TAG)
+                .with_wait_for(WaitFor::message_on_stderr(PG_READY_LINE))
+                .with_env_var("POSTGRES_USER", PG_USER)
+                .with_env_var("POSTGRES_PASSWORD", PG_PASSWORD)
+                .with_cmd(args.clone())
+        },
+        &[PG_PORT],
+    )
+    .await;
+    PgContainer {
+        container,
+        port: AtomicU16::new(ports[0]),
+    }
+}
+
+impl PgContainer {
+    /// The Docker container id.
+    pub fn id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// The host port (on 127.0.0.1) PostgreSQL is published on.
+    pub fn port(&self) -> u16 {
+        self.port.load(Ordering::Relaxed)
+    }
+
+    /// URL of the `postgres` database, as the superuser:
+    /// `postgres://postgres:edupulse-test@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// URL of `database`, as the superuser.
+    pub fn url_for(&self, database: &str) -> String {
+        format!(
+            "postgres://{PG_USER}:{PG_PASSWORD}@{HOST}:{}/{database}",
+            self.port()
+        )
+    }
+
+    /// A pool on the `postgres` database (at most 5 connections).
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be reached.
+    pub async fn pool(&self) -> Result<PgPool, sqlx::Error> {
+        PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&self.url())
+            .await
+    }
+
+    /// The testcontainers handle, for anything not covered here (`exec`, logs).
+    pub fn container(&self) -> &ContainerAsync<GenericImage> {
+        &self.container
+    }
+
+    /// Freezes the container's processes (`docker pause`): connections stay
+    /// open but hang. The port stays the same.
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn pause(&self) {
+        self.container
+            .pause()
+            .await
+            .unwrap_or_else(|e| panic!("pause postgres {}: {e}", self.id()));
+    }
+
+    /// Resumes a paused container.
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn unpause(&self) {
+        self.container
+            .unpause()
+            .await
+            .unwrap_or_else(|e| panic!("unpause postgres {}: {e}", self.id()));
+    }
+
+    /// Stops the container (SIGINT: PostgreSQL's fast shutdown, then SIGKILL
+    /// after 10 s). The data directory survives for [`PgContainer::start`].
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn stop(&self) {
+        self.container
+            .stop_with_timeout(Some(10))
+            .await
+            .unwrap_or_else(|e| panic!("stop postgres {}: {e}", self.id()));
+    }
+
+    /// Kills the container at once (a crash: SIGKILL, no shutdown checkpoint;
+    /// PostgreSQL runs crash recovery at the next start).
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn kill(&self) {
+        self.container
+            .stop_with_timeout(Some(0))
+            .await
+            .unwrap_or_else(|e| panic!("kill postgres {}: {e}", self.id()));
+    }
+
+    /// Starts the stopped container again, re-reads its port and waits until
+    /// PostgreSQL answers queries.
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses or PostgreSQL is not ready within [`RESTART_TIMEOUT`].
+    pub async fn start(&self) {
+        self.container
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("start postgres {}: {e}", self.id()));
+        let port = docker::host_port(&self.container, PG_PORT).await;
+        self.port.store(port, Ordering::Relaxed);
+        self.wait_ready(RESTART_TIMEOUT).await;
+    }
+
+    /// Waits until a new connection can run `SELECT 1`.
+    ///
+    /// # Panics
+    ///
+    /// On timeout.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let url = self.url();
+        docker::poll_until("postgres", timeout, || async {
+            let mut conn = PgConnection::connect(&url).await?;
+            conn.execute("SELECT 1").await?;
+            conn.close().await
+        })
+        .await;
+    }
+}
+
+/// The shared container and the state of its template database.
+struct SharedPostgres {
+    pg: PgContainer,
+    template: OnceCell<()>,
+    create_lock: Mutex<()>,
+}
+
+static SHARED: OnceCell<SharedPostgres> = OnceCell::const_new();
+
+async fn shared() -> &'static SharedPostgres {
+    SHARED
+        .get_or_init(|| async {
+            SharedPostgres {
+                pg: start_postgres().await,
+                template: OnceCell::new(),
+                create_lock: Mutex::new(()),
+            }
+        })
+        .await
+}
+
+/// The PostgreSQL container shared by all tests of this test binary, started
+/// on first use and removed when the process exits.
+///
+/// Do not pause, stop or kill it (other tests use it): start your own with
+/// [`start_postgres`] for that.
+///
+/// # Panics
+///
+/// When it cannot be started.
+pub async fn shared_postgres() -> &'static PgContainer {
+    &shared().await.pg
+}
+
+/// A database of the test's own, in the shared container, with the
+/// workspace's migrations (`edupulse_postgres::MIGRATOR`) applied.
+///
+/// It is created as a copy of a template database that is migrated once per
+/// container ([`TEMPLATE_DB`]; connections to it are then disallowed, so no
+/// session can make `CREATE DATABASE … TEMPLATE` fail). Creations are
+/// serialized within the process. Costs ~0.2 s.
+///
+/// # Panics
+///
+/// When the container cannot be started, the migrations fail, or the database
+/// cannot be created.
+pub async fn fresh_database() -> TestDb {
+    let shared = shared().await;
+    let pg = &shared.pg;
+    shared.template.get_or_init(|| create_template(pg)).await;
+
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    {
+        let _serialized = shared.create_lock.lock().await;
+        let mut conn = PgConnection::connect(&pg.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect to the shared postgres: {e}"));
+        let sql = format!(r#"CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}""#);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match conn.execute(sql.as_str()).await {
+                Ok(_) => break,
+                // 55006: source database is being accessed by other users
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("55006") && attempt < 5 =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
+        let _ = conn.close().await;
+    }
+    TestDb {
+        url: pg.url_for(&name),
+        admin_url: pg.url(),
+        name,
+    }
+}
+
+/// Creates and migrates [`TEMPLATE_DB`]; panics on failure (the `OnceCell`
+/// then stays empty and the next test tries again).
+async fn create_template(pg: &PgContainer) {
+    let started = std::time::Instant::now();
+    let mut admin = PgConnection::connect(&pg.url())
+        .await
+        .unwrap_or_else(|e| panic!("connect to the shared postgres: {e}"));
+    // leftovers of a failed attempt
+    for sql in [
+        format!(r#"ALTER DATABASE "{TEMPLATE_DB}" WITH IS_TEMPLATE false"#),
+        format!(r#"DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)"#),
+    ] {
+        let _ = admin.execute(sql.as_str()).await;
+    }
+    admin
+        .execute(format!(r#"CREATE DATABASE "{TEMPLATE_DB}""#).as_str())
+        .await
+        .unwrap_or_else(|e| panic!("create the template database: {e}"));
+
+    // One connection, closed before any copy is made (a connected session
+    // makes CREATE DATABASE ... TEMPLATE fail).
+    let mut conn = PgConnection::connect(&pg.url_for(TEMPLATE_DB))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the template database: {e}"));
+    edupulse_postgres::MIGRATOR
+        .run(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("migrating the template database: {e}"));
+    conn.close()
+        .await
+        .unwrap_or_else(|e| panic!("closing the template connection: {e}"));
+
+    admin
+        .execute(
+            format!(
+                r#"ALTER DATABASE "{TEMPLATE_DB}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"#
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("freeze the template database: {e}"));
+    let _ = admin.close().await;
+    eprintln!(
+        "edupulse-test: template database migrated in {:.2?}",
+        started.elapsed()
+    );
+}
+
+/// A migrated database of one test, in the shared container (see
+/// [`fresh_database`]). It is not dropped automatically (the container goes
+/// at process exit); [`TestDb::drop_database`] drops it early.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    name: String,
+    url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// The database name (`test_<32 hex digits>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `postgres://postgres:edupulse-test@127.0.0.1:PORT/<name>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A pool on this database (at most 5 connections).
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be reached.
+    pub async fn pool(&self) -> PgPool {
+        self.pool_with(PgPoolOptions::new().max_connections(5))
+            .await
+    }
+
+    /// A pool on this database with these options.
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be reached.
+    pub async fn pool_with(&self, options: PgPoolOptions) -> PgPool {
+        options
+            .connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.name))
+    }
+
+    /// Drops the database, disconnecting its sessions (`WITH (FORCE)`).
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be reached or refuses.
+    pub async fn drop_database(self) -> Result<(), sqlx::Error> {
+        let mut conn = PgConnection::connect(&self.admin_url).await?;
+        conn.execute(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name).as_str())
+            .await?;
+        conn.close().await
+    }
+}
