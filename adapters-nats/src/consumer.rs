@@ -72,6 +72,7 @@ pub struct NatsConsumer {
     name: String,
     subject_prefix: String,
     dlq_prefix: String,
+    dlq_stream: String,
     limits: DecodeLimits,
     unsettled: HashMap<u64, jetstream::Message>,
     next_token: u64,
@@ -129,6 +130,7 @@ impl NatsConsumer {
             name: options.durable_name,
             subject_prefix: config.subject_prefix.clone(),
             dlq_prefix: config.dlq_subject_prefix(),
+            dlq_stream: config.dlq_stream_name(),
             limits: DecodeLimits {
                 max_bytes: config.max_message_bytes,
                 ..DecodeLimits::default()
@@ -232,6 +234,33 @@ impl NatsConsumer {
         format!("{}.{}.{rest}", self.dlq_prefix, self.name)
     }
 
+    /// Maps a failed dead-letter publish. "No responders" is a missing dead-letter stream
+    /// (misconfigured) only if the stream really does not exist; otherwise it has no leader for
+    /// the moment (unavailable).
+    async fn dlq_error(&self, error: PublishError) -> ConsumeError {
+        match error {
+            PublishError::Misconfigured { reason } => {
+                match self.js.get_stream(&self.dlq_stream).await {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND
+                        ) =>
+                    {
+                        ConsumeError::Misconfigured {
+                            reason: format!("dead-letter stream {}: {reason}", self.dlq_stream),
+                        }
+                    }
+                    _ => ConsumeError::Unavailable(
+                        format!("dead-letter stream {} not ready: {reason}", self.dlq_stream)
+                            .into(),
+                    ),
+                }
+            }
+            other => ConsumeError::Unavailable(Box::new(other)),
+        }
+    }
+
     /// Publishes a copy of `message` to the dead-letter stream and waits for the acknowledgement,
     /// then terminates the original.
     async fn dead_letter(
@@ -293,16 +322,20 @@ impl NatsConsumer {
         } else {
             (payload, map)
         };
-        let ack = self
+        let published = match self
             .js
             .send_publish(
                 subject,
                 PublishMessage::build().headers(map).payload(payload),
             )
             .await
-            .map_err(|e| publish_to_consume(classify(e, 0, max)))?;
-        ack.await
-            .map_err(|e| publish_to_consume(classify(e, 0, max)))?;
+        {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = published {
+            return Err(self.dlq_error(classify(e, 0, max)).await);
+        }
         message
             .ack_with(AckKind::Term)
             .await
@@ -377,15 +410,6 @@ async fn collect(
         }
     }
     Ok(messages)
-}
-
-fn publish_to_consume(error: PublishError) -> ConsumeError {
-    match error {
-        PublishError::Misconfigured { reason } => ConsumeError::Misconfigured {
-            reason: format!("dead-letter stream: {reason}"),
-        },
-        other => ConsumeError::Unavailable(Box::new(other)),
-    }
 }
 
 fn stream_error(stream: &str, e: GetStreamError) -> ConsumeError {

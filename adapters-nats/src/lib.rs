@@ -61,7 +61,9 @@
 //!
 //! **Failures** are classified by the client's error kinds and the server's error codes, never by
 //! message text: no acknowledgement in time → `Timeout` (ambiguous: retry with the same id); no
-//! stream or no responders → `Misconfigured`; connection lost → `Unavailable`; a message larger
+//! stream or no responders → `Misconfigured`, unless a stream look-up finds the stream (then it
+//! has no leader for the moment, as during an election in a cluster or a restart: `Unavailable`);
+//! connection lost → `Unavailable`; a message larger
 //! than [`NatsConfig::max_message_bytes`] (payload plus headers) → `TooLarge`, checked before
 //! sending; an event type that cannot be a subject token, or a permanent server refusal →
 //! `Rejected`.

@@ -107,7 +107,8 @@ impl ProvisionError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StreamOutcome {
-    /// The stream did not exist and was created.
+    /// The stream did not exist and was created (by this call, or by a concurrent provisioner
+    /// with the identical configuration: JetStream treats that create as a success).
     Created,
     /// The stream existed and satisfied every requirement.
     Unchanged,

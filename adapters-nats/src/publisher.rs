@@ -1,7 +1,8 @@
 //! [`NatsPublisher`]: acknowledged, deduplicated, per-stream-ordered, pipelined publishing.
 
 use crate::config::NatsConfig;
-use crate::wire::{Outgoing, outgoing};
+use crate::wire::{Outgoing, outgoing, stream_subjects};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::context::{PublishError as JsPublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, ErrorCode};
@@ -28,6 +29,7 @@ pub fn jetstream_context(client: async_nats::Client, config: &NatsConfig) -> jet
 #[derive(Clone, Debug)]
 pub struct NatsPublisher {
     js: jetstream::Context,
+    stream_name: String,
     subject_prefix: String,
     max_message_bytes: usize,
     max_in_flight: usize,
@@ -41,6 +43,7 @@ impl NatsPublisher {
     pub fn new(client: async_nats::Client, config: &NatsConfig) -> Self {
         Self {
             js: jetstream_context(client, config),
+            stream_name: config.stream_name.clone(),
             subject_prefix: config.subject_prefix.clone(),
             max_message_bytes: config.max_message_bytes,
             max_in_flight: config.max_in_flight.max(1),
@@ -50,6 +53,35 @@ impl NatsPublisher {
     /// The JetStream context used (for reading back, provisioning, tests).
     pub fn context(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// "No responders" means either that no stream captures the subject (a deployment problem)
+    /// or that the stream exists but has no leader for the moment (an election in a cluster, a
+    /// server still recovering its streams after a restart). One stream look-up tells them
+    /// apart; the second is reported as [`PublishError::Unavailable`], the first stays
+    /// [`PublishError::Misconfigured`].
+    async fn recheck_no_responders(&self, results: &mut [PublishResult]) {
+        if !results.iter().any(is_no_responders) {
+            return;
+        }
+        let required = stream_subjects(&self.subject_prefix);
+        let transient = match self.js.get_stream(&self.stream_name).await {
+            Ok(stream) => {
+                let subjects = &stream.cached_info().config.subjects;
+                required.iter().all(|s| subjects.contains(s))
+            }
+            Err(e) => !matches!(
+                e.kind(),
+                GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ),
+        };
+        if transient {
+            for result in results.iter_mut().filter(|r| is_no_responders(r)) {
+                *result = Err(PublishError::Unavailable(Box::new(StreamNotReady {
+                    stream: self.stream_name.clone(),
+                })));
+            }
+        }
     }
 
     /// Sends one message; returns the acknowledgement future.
@@ -170,13 +202,32 @@ impl EventPublisher for NatsPublisher {
             }
         }
 
-        results
+        let mut results: Vec<PublishResult> = results
             .into_iter()
             // Every index was either sent (and settled), failed, or marked not attempted; should
             // that ever not hold, report the event as not attempted rather than panic.
             .map(|r| r.unwrap_or(Err(PublishError::NotAttempted)))
-            .collect()
+            .collect();
+        self.recheck_no_responders(&mut results).await;
+        results
     }
+}
+
+/// The reason of a "no responders" answer, before [`NatsPublisher::recheck_no_responders`].
+const NO_RESPONDERS: &str = "no JetStream stream captures the subject (no responders)";
+
+/// "No responders" while the stream exists: a transient state of the cluster.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no responders for the subject although stream {stream} exists: a stream leader election \
+     or recovery is in progress"
+)]
+struct StreamNotReady {
+    stream: String,
+}
+
+fn is_no_responders(result: &PublishResult) -> bool {
+    matches!(result, Err(PublishError::Misconfigured { reason }) if reason == NO_RESPONDERS)
 }
 
 /// The JetStream error code carried by a client error, if the server answered with one.
@@ -210,7 +261,7 @@ pub(crate) fn classify(error: JsPublishError, size: usize, max: usize) -> Publis
         // The server answered "no responders": no stream captures the subject (or JetStream is
         // not enabled).
         PublishErrorKind::StreamNotFound => PublishError::Misconfigured {
-            reason: "no JetStream stream captures the subject (no responders)".into(),
+            reason: NO_RESPONDERS.into(),
         },
         PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge { size, max },
         PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
