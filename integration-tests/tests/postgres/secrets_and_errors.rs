@@ -1,0 +1,65 @@
+//! The password never shows; errors are classified (retryable or not).
+
+use crate::support::config;
+use edupulse_integration_tests::{fresh_database, shared_postgres};
+use edupulse_ports::StoreError;
+use edupulse_postgres::PgEventStore;
+
+const PASSWORD: &str = "Sup3r-Secret-Pa55word";
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = format!("{error} / {error:?}");
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(" / {e} / {e:?}"));
+        source = e.source();
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_never_appears() {
+    let pg = shared_postgres().await;
+    let db = fresh_database().await;
+    let url = format!(
+        "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{}",
+        pg.port(),
+        db.name()
+    );
+    let config = config(&url);
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    assert!(shown.contains(db.name()), "the target is shown: {shown}");
+
+    // Wrong password: refused, not retryable, and the message does not quote it.
+    let error = PgEventStore::connect(&config)
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(error, StoreError::Internal(_)), "{error:?}");
+    let text = chain(&error);
+    assert!(!text.contains(PASSWORD), "{text}");
+
+    // Nothing listening: retryable.
+    let closed = format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/x");
+    let error = PgEventStore::connect(&config_for(&closed))
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(error.is_retryable(), "{error:?}");
+    assert!(!chain(&error).contains(PASSWORD));
+
+    // Not a URL at all.
+    let error = PgEventStore::connect(&config_for(&format!("postgres://u:{PASSWORD}@h:port/x")))
+        .await
+        .expect_err("bad url");
+    assert!(
+        matches!(error, StoreError::InvalidInput { .. }),
+        "{error:?}"
+    );
+    assert!(!chain(&error).contains(PASSWORD));
+}
+
+fn config_for(url: &str) -> edupulse_postgres::PgStoreConfig {
+    let mut c = config(url);
+    c.acquire_timeout = std::time::Duration::from_secs(2);
+    c
+}
