@@ -94,7 +94,8 @@ pub struct NatsConfig {
     /// [`DEFAULT_DUPLICATE_WINDOW`].
     pub duplicate_window: Duration,
     /// The largest message (payload plus headers) published; also the stream's
-    /// `max_msg_size`. Larger events fail with `PublishError::TooLarge` before being sent.
+    /// `max_msg_size`. Larger events fail with `PublishError::TooLarge` before being sent (so do
+    /// events larger than the server's `max_payload`, when that is smaller).
     pub max_message_bytes: usize,
     /// The most messages awaiting acknowledgement at once, over all streams.
     pub max_in_flight: usize,

@@ -168,7 +168,8 @@ impl NatsConsumer {
             .consumer
             .batch()
             .max_messages(1)
-            .expires(wait)
+            // The server refuses a pull that expires in less than a millisecond.
+            .expires(wait.max(Duration::from_millis(10)))
             .messages()
             .await
             .map_err(|e| ConsumeError::Unavailable(Box::new(e)))?;

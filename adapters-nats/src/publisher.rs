@@ -88,6 +88,7 @@ impl NatsPublisher {
     async fn send(
         &self,
         out: Outgoing,
+        limit: usize,
     ) -> Result<jetstream::context::PublishAckFuture, PublishError> {
         let size = out.size;
         let message = PublishMessage::build()
@@ -96,7 +97,7 @@ impl NatsPublisher {
         self.js
             .send_publish(out.subject, message)
             .await
-            .map_err(|e| classify(e, size, self.max_message_bytes))
+            .map_err(|e| classify(e, size, limit))
     }
 }
 
@@ -126,9 +127,12 @@ impl Schedule {
 
     /// The next event to send, from the next ready stream.
     fn next(&mut self) -> Option<(StreamId, usize)> {
-        let stream = self.ready.pop_front()?;
-        let index = self.pending.get_mut(&stream)?.pop_front()?;
-        Some((stream, index))
+        while let Some(stream) = self.ready.pop_front() {
+            if let Some(index) = self.pending.get_mut(&stream).and_then(VecDeque::pop_front) {
+                return Some((stream, index));
+            }
+        }
+        None
     }
 
     /// The stream's event was acknowledged: its next event may go.
@@ -163,20 +167,20 @@ impl EventPublisher for NatsPublisher {
             }
         };
 
+        // The smaller of our limit and the server's `max_payload` (known once connected).
+        let limit = self.max_message_bytes.min(self.js.client().max_payload());
         loop {
             while in_flight.len() < self.max_in_flight {
                 let Some((stream, index)) = schedule.next() else {
                     break;
                 };
-                match outgoing(&self.subject_prefix, self.max_message_bytes, &events[index]) {
+                match outgoing(&self.subject_prefix, limit, &events[index]) {
                     // Sending and acknowledging are one future: while a send waits for an
                     // in-flight permit (shared with concurrent calls), the acknowledgements of
                     // this batch keep being polled, so permits are always released.
                     Ok(out) => in_flight.push(async move {
-                        let acked = match self.send(out).await {
-                            Ok(ack) => ack
-                                .await
-                                .map_err(|e| classify(e, 0, self.max_message_bytes)),
+                        let acked = match self.send(out, limit).await {
+                            Ok(ack) => ack.await.map_err(|e| classify(e, 0, limit)),
                             Err(e) => Err(e),
                         };
                         (stream, index, acked)
