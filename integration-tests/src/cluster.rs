@@ -125,7 +125,15 @@ pub async fn start_nats_cluster() -> NatsCluster {
     });
     let nodes = futures::future::join_all(starts).await;
     let cluster = NatsCluster { network, nodes };
-    wait_jetstream("nats cluster", &cluster.urls(), CLUSTER_READY_TIMEOUT).await;
+    for i in 0..cluster.len() {
+        wait_jetstream(
+            cluster.node_name(i),
+            &[cluster.node_url(i)],
+            CLUSTER_READY_TIMEOUT,
+        )
+        .await;
+    }
+    cluster.wait_for_r3_placement().await;
     eprintln!(
         "edupulse-test: nats cluster {} ready in {:.2?}",
         cluster.network,
@@ -264,6 +272,41 @@ impl NatsCluster {
             .unpause()
             .await
             .unwrap_or_else(|e| panic!("unpause {}: {e}", node.name));
+    }
+
+    /// Waits until an R3 stream can be placed (all peers known to the
+    /// JetStream meta leader): creates and deletes a probe stream, retrying.
+    async fn wait_for_r3_placement(&self) {
+        let urls = self.urls();
+        let probe = format!("edupulse_probe_{}", cleanup::session_id());
+        let probe_once = || async {
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(2))
+                .ignore_discovered_servers()
+                .connect(&urls)
+                .await
+                .map_err(|e| e.to_string())?;
+            let js = async_nats::jetstream::new(client);
+            let create = js.create_stream(async_nats::jetstream::stream::Config {
+                name: probe.clone(),
+                subjects: vec![format!("{probe}.>")],
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                num_replicas: CLUSTER_SIZE,
+                ..Default::default()
+            });
+            tokio::time::timeout(Duration::from_secs(2), create)
+                .await
+                .map_err(|_| "no answer to a stream creation".to_owned())?
+                .map_err(|e| e.to_string())?;
+            js.delete_stream(&probe).await.map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        };
+        docker::poll_until(
+            "nats cluster R3 placement",
+            CLUSTER_READY_TIMEOUT,
+            probe_once,
+        )
+        .await;
     }
 
     /// The testcontainers handle of node `i`.

@@ -213,13 +213,15 @@ pub async fn wait_jetstream(what: &str, urls: &[String], timeout: Duration) {
             .connect(urls)
             .await
             .map_err(|e| e.to_string())?;
-        let result = async_nats::jetstream::new(client.clone())
-            .query_account()
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        drop(client);
-        result
+        // Until JetStream is up (in a cluster: until the meta leader is
+        // known) the request is not answered at all: ask again soon rather
+        // than wait for the default 5 s request timeout.
+        let js = async_nats::jetstream::new(client);
+        match tokio::time::timeout(Duration::from_millis(750), js.query_account()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer to a JetStream account request".to_owned()),
+        }
     })
     .await;
 }
