@@ -12,8 +12,8 @@
 //! this process's session id.
 //!
 //! At start the reaper also runs `scripts/cleanup-test-containers.sh --stale`,
-//! removing leftovers of test processes that no longer exist (e.g. a reaper
-//! that was itself killed).
+//! removing leftovers of test processes of this host that no longer exist
+//! (e.g. a reaper that was itself killed).
 
 use std::io::Write as _;
 use std::process::{ChildStdin, Command, Stdio};
@@ -25,6 +25,19 @@ pub const LABEL: &str = "edupulse-test";
 pub const PID_LABEL: &str = "edupulse-test.pid";
 /// Label holding the session id of the test process that created the object.
 pub const SESSION_LABEL: &str = "edupulse-test.session";
+/// Label holding the host name of the machine (or container) the test
+/// process runs on: [`PID_LABEL`] only means something there.
+pub const HOST_LABEL: &str = "edupulse-test.host";
+
+/// This machine's host name (empty when unknown).
+pub fn host_name() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
 
 /// The id of this process's session: 12 hex digits, unique per test process.
 /// Also used in container and network names.
@@ -39,6 +52,7 @@ pub fn labels() -> Vec<(String, String)> {
         (LABEL.to_owned(), "1".to_owned()),
         (PID_LABEL.to_owned(), std::process::id().to_string()),
         (SESSION_LABEL.to_owned(), session_id().to_owned()),
+        (HOST_LABEL.to_owned(), host_name().to_owned()),
     ]
 }
 

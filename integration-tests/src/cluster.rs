@@ -238,6 +238,7 @@ impl NatsCluster {
     /// When docker refuses, `i` is out of range, or the node is not ready
     /// within [`RESTART_TIMEOUT`].
     pub async fn start_node(&self, i: usize) {
+        let started = std::time::Instant::now();
         let node = &self.nodes[i];
         node.container
             .start()
@@ -246,6 +247,11 @@ impl NatsCluster {
         let port = docker::host_port(&node.container, NATS_PORT).await;
         node.port.store(port, Ordering::Relaxed);
         wait_jetstream(&node.name, &[self.node_url(i)], RESTART_TIMEOUT).await;
+        eprintln!(
+            "edupulse-test: {} restarted, ready in {:.2?}",
+            node.name,
+            started.elapsed()
+        );
     }
 
     /// Freezes node `i` (`docker pause`).

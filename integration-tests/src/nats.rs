@@ -177,6 +177,7 @@ impl NatsContainer {
     ///
     /// When docker refuses or JetStream is not ready within [`RESTART_TIMEOUT`].
     pub async fn start(&self) {
+        let started = std::time::Instant::now();
         self.container
             .start()
             .await
@@ -186,6 +187,11 @@ impl NatsContainer {
         let monitor = docker::host_port(&self.container, NATS_MONITOR_PORT).await;
         self.monitor_port.store(monitor, Ordering::Relaxed);
         self.wait_ready(RESTART_TIMEOUT).await;
+        eprintln!(
+            "edupulse-test: nats {} restarted, ready in {:.2?}",
+            &self.id()[..12],
+            started.elapsed()
+        );
     }
 
     /// Waits until a new client gets an answer to a JetStream account request.

@@ -184,6 +184,7 @@ impl PgContainer {
     ///
     /// When docker refuses or PostgreSQL is not ready within [`RESTART_TIMEOUT`].
     pub async fn start(&self) {
+        let started = std::time::Instant::now();
         self.container
             .start()
             .await
@@ -191,6 +192,11 @@ impl PgContainer {
         let port = docker::host_port(&self.container, PG_PORT).await;
         self.port.store(port, Ordering::Relaxed);
         self.wait_ready(RESTART_TIMEOUT).await;
+        eprintln!(
+            "edupulse-test: postgres {} restarted, ready in {:.2?}",
+            &self.id()[..12],
+            started.elapsed()
+        );
     }
 
     /// Waits until a new connection can run `SELECT 1`.
