@@ -11,6 +11,10 @@
 //! SIGKILL). The reaper then removes every container and network labelled with
 //! this process's session id.
 //!
+//! testcontainers' `watchdog` feature is not used: it only acts on SIGINT,
+//! SIGTERM and SIGQUIT, not at a normal exit (when the statics are the
+//! problem), nor at a SIGKILL.
+//!
 //! At start the reaper also runs `scripts/cleanup-test-containers.sh --stale`,
 //! removing leftovers of test processes of this host that no longer exist
 //! (e.g. a reaper that was itself killed).

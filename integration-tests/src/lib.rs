@@ -38,6 +38,8 @@
 //!   printed once, by the real server listening on TCP); NATS at "Server is
 //!   ready". After `start()` the harness polls with real clients (a query, a
 //!   JetStream account request) instead: testcontainers does not re-check.
+//!   Containers are `GenericImage`s: testcontainers-modules' `Postgres` also
+//!   waits for the line on stdout, which this image never prints.
 //! - **Host ports are fixed per container and bound to 127.0.0.1.** Each port is
 //!   published on `127.0.0.1` at a port chosen free by the harness, so it stays
 //!   the same across `stop()`/`start()`: a client or pool made with
