@@ -2,9 +2,14 @@
 //!
 //! Placeholder crate docs, completed with the CLI.
 
+pub mod bench;
 pub mod cli;
+pub mod commands;
+pub mod demo;
+pub mod docker;
 pub mod http;
 pub mod input;
 pub mod relay;
 pub mod stats;
 pub mod telemetry;
+pub mod wiring;

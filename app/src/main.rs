@@ -1,2 +1,57 @@
-//! edupulse-events
-fn main() {}
+//! `edupulse-events`: the command-line entry point. All logic lives in the library; this file
+//! parses arguments, sets up logging, and turns errors into one clear line and an exit code.
+
+use anyhow::Context;
+use clap::Parser;
+use edupulse_app::cli::{Cli, Command};
+use edupulse_app::{bench, commands, demo, telemetry};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing(cli.global.log_format, "info,sqlx=warn,async_nats=warn");
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            // The chain, on one line: "error: cannot connect: PostgreSQL: … : …".
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Migrate { pg } => commands::migrate(&pg).await.context("migrate")?,
+        Command::Relay(args) => commands::relay(&args).await.context("relay")?,
+        Command::Replay { pg, nats, from, to } => commands::replay(&pg, &nats, from, to)
+            .await
+            .context("replay")?,
+        Command::Append(args) => {
+            let failed = commands::append(&args).await.context("append")?;
+            if failed > 0 {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Read(args) => commands::read(&args).await.context("read")?,
+        Command::Tail {
+            nats,
+            durable,
+            event_type,
+            max,
+        } => commands::tail(&nats, &durable, event_type.as_deref(), max)
+            .await
+            .context("tail")?,
+        Command::Status { pg, name } => commands::status(&pg, &name).await.context("status")?,
+        Command::Demo(args) => {
+            let report = demo::run(&args).await.context("demo")?;
+            demo::print(&report);
+            if !report.passed() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Bench(args) => bench::run(&args).await.context("bench")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,137 @@
+//! Throw-away PostgreSQL and NATS servers in Docker for `demo` and `bench`, when no URLs are given.
+//!
+//! They use the project's own images (the same as the integration tests), built from Debian
+//! packages by `scripts/build-images.sh` if missing, since no registry may be reachable. Unlike
+//! the test harness, PostgreSQL keeps `fsync` on, so figures are those of a durable store.
+//! Containers are removed when the [`LocalServers`] value is dropped.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use thiserror::Error;
+
+const PG_IMAGE: (&str, &str) = ("edupulse-test/postgres", "15");
+const NATS_IMAGE: (&str, &str) = ("edupulse-test/nats", "2.10");
+const PG_PASSWORD: &str = "edupulse-demo";
+
+/// Why local servers could not be started.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DockerError {
+    /// The image build script failed (Docker not running, no Debian mirror).
+    #[error("building the images with {script} failed: {output}")]
+    Build {
+        /// The script.
+        script: String,
+        /// What it printed.
+        output: String,
+    },
+    /// A container did not start or never became ready.
+    #[error("starting the {what} container failed (is Docker running?)")]
+    Start {
+        /// Which server.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: testcontainers::TestcontainersError,
+    },
+}
+
+/// PostgreSQL and NATS running in Docker; removed on drop.
+pub struct LocalServers {
+    postgres: ContainerAsync<GenericImage>,
+    nats: ContainerAsync<GenericImage>,
+    /// `postgres://…@127.0.0.1:<port>/edupulse`.
+    pub database_url: String,
+    /// `nats://127.0.0.1:<port>`.
+    pub nats_url: String,
+    /// Time to build or check the images, and to start both servers.
+    pub startup: Duration,
+}
+
+impl LocalServers {
+    /// Builds the images if needed and starts both servers, published on 127.0.0.1.
+    ///
+    /// # Errors
+    /// [`DockerError`].
+    pub async fn start() -> Result<Self, DockerError> {
+        let started = Instant::now();
+        build_images().await?;
+        let postgres = GenericImage::new(PG_IMAGE.0, PG_IMAGE.1)
+            .with_wait_for(WaitFor::message_on_stderr(
+                "database system is ready to accept connections",
+            ))
+            .with_exposed_port(5432.tcp())
+            .with_env_var("POSTGRES_USER", "edupulse")
+            .with_env_var("POSTGRES_PASSWORD", PG_PASSWORD)
+            .with_env_var("POSTGRES_DB", "edupulse")
+            .with_label("edupulse-demo", "1")
+            .with_startup_timeout(Duration::from_secs(90));
+        let nats = GenericImage::new(NATS_IMAGE.0, NATS_IMAGE.1)
+            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+            .with_exposed_port(4222.tcp())
+            .with_cmd(["-js", "-sd", "/data", "-p", "4222"])
+            .with_label("edupulse-demo", "1")
+            .with_startup_timeout(Duration::from_secs(60));
+        let (postgres, nats) = tokio::join!(postgres.start(), nats.start());
+        let postgres = postgres.map_err(|source| DockerError::Start {
+            what: "PostgreSQL",
+            source,
+        })?;
+        let nats = nats.map_err(|source| DockerError::Start {
+            what: "NATS",
+            source,
+        })?;
+        let pg_port = host_port(&postgres, 5432, "PostgreSQL").await?;
+        let nats_port = host_port(&nats, 4222, "NATS").await?;
+        Ok(Self {
+            database_url: format!("postgres://edupulse:{PG_PASSWORD}@127.0.0.1:{pg_port}/edupulse"),
+            nats_url: format!("nats://127.0.0.1:{nats_port}"),
+            startup: started.elapsed(),
+            postgres,
+            nats,
+        })
+    }
+
+    /// Container ids, for messages.
+    pub fn ids(&self) -> (String, String) {
+        (self.postgres.id().to_owned(), self.nats.id().to_owned())
+    }
+}
+
+async fn host_port(
+    container: &ContainerAsync<GenericImage>,
+    port: u16,
+    what: &'static str,
+) -> Result<u16, DockerError> {
+    container
+        .get_host_port_ipv4(port.tcp())
+        .await
+        .map_err(|source| DockerError::Start { what, source })
+}
+
+fn build_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-images.sh")
+}
+
+async fn build_images() -> Result<(), DockerError> {
+    let script = build_script();
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match output {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(DockerError::Build {
+            script: script.display().to_string(),
+            output: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+        Err(e) => Err(DockerError::Build {
+            script: script.display().to_string(),
+            output: e.to_string(),
+        }),
+    }
+}
