@@ -1,4 +1,5 @@
-//! A 3-node JetStream cluster with R3 streams keeps accepting publishes with one node stopped.
+//! A 3-node JetStream cluster with R3 streams keeps accepting publishes with one node down (its
+//! stream leader, killed mid-run).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -17,7 +18,7 @@ fn node_index(server_name: &str) -> Option<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn r3_stream_accepts_publishes_with_one_node_stopped() {
+async fn r3_stream_accepts_publishes_with_one_node_down() {
     let cluster = start_nats_cluster().await;
     let mut config = config(cluster.urls(), "cluster");
     config.replicas = 3;
@@ -40,14 +41,21 @@ async fn r3_stream_accepts_publishes_with_one_node_stopped() {
     let connected = node_index(&client.server_info().server_name);
     let events = workload(40, 30);
     let done = Arc::new(AtomicUsize::new(0));
-    let relay = spawn_relay(publisher.clone(), events.clone(), done.clone());
+    let relay = spawn_relay(
+        publisher.clone(),
+        events.clone(),
+        done.clone(),
+        Duration::from_millis(200),
+    );
     wait_batches(&done, 1).await;
-    eprintln!("stopping stream leader n{leader} (client connected to {connected:?})");
-    cluster.stop_node(leader).await;
+    eprintln!("killing stream leader n{leader} (client connected to {connected:?})");
+    // Killed, not stopped: a SIGTERM lets the leader hand over gracefully; a crash forces an
+    // election while publishes are in flight.
+    cluster.kill_node(leader).await;
     let stopped = Instant::now();
     let stats = relay.await.expect("relay");
     eprintln!(
-        "n{leader} stopped: all {} events acknowledged {:?} after the stop; {stats:?}",
+        "n{leader} killed: all {} events acknowledged {:?} after the stop; {stats:?}",
         events.len(),
         stopped.elapsed()
     );
@@ -69,9 +77,10 @@ async fn r3_stream_accepts_publishes_with_one_node_stopped() {
     let all: Vec<_> = events.iter().chain(&more).cloned().collect();
     assert_eq!(stored.len(), all.len());
     assert_eq!(assert_exactly_once_in_order(&stored, &all), 50);
-    let info = stream.info().await.unwrap();
-    eprintln!(
-        "new leader: {:?}",
-        info.cluster.as_ref().and_then(|c| c.leader.clone())
-    );
+    if let Ok(info) = stream.info().await {
+        eprintln!(
+            "new leader: {:?}",
+            info.cluster.as_ref().and_then(|c| c.leader.clone())
+        );
+    }
 }

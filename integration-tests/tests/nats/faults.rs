@@ -20,10 +20,15 @@ async fn run_with_fault(
 ) -> RunStats {
     let config = config(vec![nats.url()], what);
     let (client, publisher) = setup(&config).await;
-    // 40 aggregates × 60 events: 12 batches.
-    let events = workload(40, 60);
+    // 40 aggregates × 150 events: 30 batches, at least 750 ms of publishing.
+    let events = workload(40, 150);
     let done = Arc::new(AtomicUsize::new(0));
-    let relay = spawn_relay(publisher, events.clone(), done.clone());
+    let relay = spawn_relay(
+        publisher,
+        events.clone(),
+        done.clone(),
+        Duration::from_millis(25),
+    );
 
     wait_batches(&done, 2).await;
     let started = Instant::now();

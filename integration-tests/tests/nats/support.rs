@@ -215,17 +215,39 @@ impl Stored {
 
 /// Every message of stream `name`, in stream order (read with an ephemeral consumer).
 pub(crate) async fn read_stream(js: &Context, name: &str) -> Vec<Stored> {
-    let mut stream = js.get_stream(name).await.expect("stream");
-    let expected = stream.info().await.expect("info").state.messages;
-    let consumer = stream
-        .create_consumer(PullConfig {
-            ack_policy: AckPolicy::None,
-            deliver_policy: DeliverPolicy::All,
-            inactive_threshold: Duration::from_secs(30),
-            ..PullConfig::default()
-        })
-        .await
-        .expect("reader consumer");
+    // Retried: right after a node of a cluster died, the meta leader may be re-elected.
+    let started = Instant::now();
+    let (expected, consumer) = loop {
+        let attempt = async {
+            let mut stream = js.get_stream(name).await.map_err(|e| e.to_string())?;
+            let expected = stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .messages;
+            let consumer = stream
+                .create_consumer(PullConfig {
+                    ack_policy: AckPolicy::None,
+                    deliver_policy: DeliverPolicy::All,
+                    inactive_threshold: Duration::from_secs(30),
+                    num_replicas: 1,
+                    memory_storage: true,
+                    ..PullConfig::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((expected, consumer))
+        };
+        match attempt.await {
+            Ok(ready) => break ready,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("reading {name}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("reading {name}: {e}"),
+        }
+    };
     let mut stored = Vec::new();
     let started = Instant::now();
     while (stored.len() as u64) < expected {
@@ -316,11 +338,14 @@ pub(crate) fn raw(client: &async_nats::Client) -> Context {
 
 pub(crate) const BATCH: usize = 200;
 
-/// Publishes `events` in batches of [`BATCH`], each until fully acknowledged, counting batches done.
+/// Publishes `events` in batches of [`BATCH`], each until fully acknowledged, counting batches
+/// done, with `pace` between batches (as a relay following steady appends), so that a fault
+/// injected after the first batches lands mid-run.
 pub(crate) fn spawn_relay(
     publisher: NatsPublisher,
     events: Vec<RecordedEvent>,
     done: Arc<AtomicUsize>,
+    pace: Duration,
 ) -> tokio::task::JoinHandle<RunStats> {
     tokio::spawn(async move {
         let mut total = RunStats::default();
@@ -332,6 +357,7 @@ pub(crate) fn spawn_relay(
                 *total.errors.entry(k).or_default() += v;
             }
             done.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(pace).await;
         }
         total
     })
