@@ -17,8 +17,11 @@ use crate::config::GroupCommitConfig;
 use crate::error::{internal, map_sqlx, shared_failure, unavailable};
 use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId, Uuid};
 use edupulse_ports::{AppendOutcome, AppendedEvent, StoreError};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 /// The statement for a group: like the single append, per request. `requests` has one row per
@@ -84,9 +87,40 @@ impl Request {
     }
 }
 
+/// One writer task: its queue, and how many appends of its streams are being written now.
+struct Shard {
+    queue: mpsc::Sender<Request>,
+    busy: Arc<AtomicUsize>,
+}
+
+/// Marks a shard busy for as long as it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn enter(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+
+    /// Marks the shard busy only if nothing is being written: the caller may then write alone.
+    fn try_lead(counter: &Arc<AtomicUsize>) -> Option<Self> {
+        counter
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Self(counter.clone()))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The queues of the writer tasks.
 pub(crate) struct GroupCommitter {
-    shards: Vec<mpsc::Sender<Request>>,
+    pool: PgPool,
+    shards: Vec<Shard>,
     max_group_events: usize,
 }
 
@@ -98,12 +132,20 @@ impl GroupCommitter {
         let capacity = config.queue_capacity.max(1);
         let shards = (0..config.writers.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::channel(capacity);
-                tokio::spawn(writer(pool.clone(), rx, max_group_events, capacity));
-                tx
+                let (queue, rx) = mpsc::channel(capacity);
+                let busy = Arc::new(AtomicUsize::new(0));
+                tokio::spawn(writer(
+                    pool.clone(),
+                    rx,
+                    busy.clone(),
+                    max_group_events,
+                    capacity,
+                ));
+                Shard { queue, busy }
             })
             .collect();
         Self {
+            pool: pool.clone(),
             shards,
             max_group_events,
         }
@@ -115,14 +157,20 @@ impl GroupCommitter {
         n <= self.max_group_events
     }
 
-    /// Queues the append and waits for its own result.
+    /// Appends, alone when nothing else of the shard is being written (no hand-off to the writer,
+    /// so a lone caller pays no extra latency), else through the writer's queue: the calls that
+    /// arrive while a write is in flight are written together by the next group.
     pub(crate) async fn append(
         &self,
         stream: StreamId,
         expected: ExpectedVersion,
         events: Vec<EventEnvelope>,
     ) -> Result<AppendOutcome, StoreError> {
-        let shard = (stream.as_uuid().as_u128() % self.shards.len() as u128) as usize;
+        let shard = &self.shards[(stream.as_uuid().as_u128() % self.shards.len() as u128) as usize];
+        if let Some(_leading) = Busy::try_lead(&shard.busy) {
+            let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+            return append_batch(&mut conn, stream, expected, &events, false).await;
+        }
         let (reply, answer) = oneshot::channel();
         let request = Request {
             stream,
@@ -130,7 +178,8 @@ impl GroupCommitter {
             events,
             reply,
         };
-        self.shards[shard]
+        shard
+            .queue
             .send(request)
             .await
             .map_err(|_| unavailable("the group commit writer has stopped"))?;
@@ -169,6 +218,7 @@ impl Group {
 async fn writer(
     pool: PgPool,
     mut queue: mpsc::Receiver<Request>,
+    busy: Arc<AtomicUsize>,
     max_events: usize,
     max_deferred: usize,
 ) {
@@ -176,6 +226,9 @@ async fn writer(
     // calls on one stream are written in arrival order.
     let mut deferred: VecDeque<Request> = VecDeque::new();
     let mut open = true;
+    // The writer keeps its connection while there is work (no pool hand-off per group) and
+    // gives it back when idle, or when it may be broken.
+    let mut conn: Option<PoolConnection<Postgres>> = None;
     loop {
         let mut group = Group::default();
         let mut next_deferred = VecDeque::new();
@@ -183,6 +236,7 @@ async fn writer(
             next_deferred.extend(group.offer(request, max_events));
         }
         if group.requests.is_empty() {
+            conn = None;
             if !open {
                 return;
             }
@@ -199,35 +253,49 @@ async fn writer(
             }
         }
         deferred = next_deferred;
-        write_group(&pool, group.requests).await;
+        let _writing = Busy::enter(&busy);
+        let conn_ok = write_group(&pool, &mut conn, group.requests).await;
+        if !conn_ok {
+            conn = None;
+        }
     }
 }
 
-async fn write_group(pool: &PgPool, mut requests: Vec<Request>) {
-    let mut conn = match pool.acquire().await {
-        Ok(conn) => conn,
-        Err(error) => {
-            for request in requests {
-                request.answer(Err(shared_failure(&error)));
+/// Writes one group and answers its calls. Returns `false` when the connection may be broken.
+async fn write_group(
+    pool: &PgPool,
+    slot: &mut Option<PoolConnection<Postgres>>,
+    mut requests: Vec<Request>,
+) -> bool {
+    let conn = match slot {
+        Some(conn) => conn,
+        None => match pool.acquire().await {
+            Ok(conn) => slot.insert(conn),
+            Err(error) => {
+                for request in requests {
+                    request.answer(Err(shared_failure(&error)));
+                }
+                return false;
             }
-            return;
-        }
+        },
     };
     if requests.len() == 1 {
         if let Some(request) = requests.pop() {
             let result = append_batch(
-                &mut conn,
+                conn,
                 request.stream,
                 request.expected,
                 &request.events,
                 false,
             )
             .await;
+            let ok = !matches!(result, Err(StoreError::Unavailable(_)));
             request.answer(result);
+            return ok;
         }
-        return;
+        return true;
     }
-    match run_group_statement(&mut conn, &requests).await {
+    match run_group_statement(conn, &requests).await {
         Ok(rows) => {
             for (request, row) in requests.into_iter().zip(rows) {
                 match row {
@@ -250,14 +318,16 @@ async fn write_group(pool: &PgPool, mut requests: Vec<Request>) {
         }
         Err(error @ sqlx::Error::Database(_)) => {
             tracing::debug!(%error, calls = requests.len(), "group append failed, isolating calls");
-            one_by_one(&mut conn, requests).await;
+            return one_by_one(conn, requests).await;
         }
         Err(error) => {
             for request in requests {
                 request.answer(Err(shared_failure(&error)));
             }
+            return false;
         }
     }
+    true
 }
 
 enum GroupRow {
@@ -363,14 +433,14 @@ async fn resolve_rejection(pool: PgPool, request: Request, head: Option<u64>) {
 /// The group failed as a whole: write each call in its own savepoint of one transaction (still
 /// one commit), so a failing call only fails itself. Answers are sent after the commit: a call
 /// reported as appended is durable.
-async fn one_by_one(conn: &mut PgConnection, requests: Vec<Request>) {
+async fn one_by_one(conn: &mut PgConnection, requests: Vec<Request>) -> bool {
     let mut tx = match conn.begin().await {
         Ok(tx) => tx,
         Err(error) => {
             for request in requests {
                 request.answer(Err(shared_failure(&error)));
             }
-            return;
+            return false;
         }
     };
     let mut results = Vec::with_capacity(requests.len());
@@ -387,11 +457,14 @@ async fn one_by_one(conn: &mut PgConnection, requests: Vec<Request>) {
         );
     }
     let committed = tx.commit().await;
+    let mut ok = committed.is_ok();
     for (request, result) in requests.into_iter().zip(results) {
         let result = match (&committed, result) {
             (Err(error), Ok(_)) => Err(shared_failure(error)),
             (_, result) => result,
         };
+        ok &= !matches!(result, Err(StoreError::Unavailable(_)));
         request.answer(result);
     }
+    ok
 }

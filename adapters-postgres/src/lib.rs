@@ -151,10 +151,13 @@ use edupulse_ports::{
 };
 use futures::stream::BoxStream;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// A pooled connection idle for longer than this is pinged before it is handed out.
+const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
 
 /// The embedded schema migrations; run with `MIGRATOR.run(&pool)` or [`PgEventStore::migrate`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -200,6 +203,19 @@ impl PgEventStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)
+            // sqlx pings every connection it hands out by default: a round trip per call, as
+            // much as the call itself for a read. Ping only connections idle for a while (a
+            // restarted server is then noticed before use); a busy connection that breaks fails
+            // its call with `Unavailable`, which callers retry anyway.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_PING_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(error::map_sqlx)?;
