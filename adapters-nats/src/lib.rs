@@ -66,7 +66,9 @@
 //! connection lost → `Unavailable`; a message larger
 //! than [`NatsConfig::max_message_bytes`] (payload plus headers) → `TooLarge`, checked before
 //! sending; an event type that cannot be a subject token, or a permanent server refusal →
-//! `Rejected`.
+//! `Rejected`. A publish the server refuses for lack of permission gets no reply at all (the
+//! server reports the violation on the connection), so it surfaces as `Timeout`; the connection's
+//! error events are logged with `tracing`.
 //!
 //! # Consuming
 //!
