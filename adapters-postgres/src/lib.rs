@@ -200,6 +200,16 @@ impl PgEventStore {
             .map_err(|e| StoreError::InvalidInput {
                 reason: e.to_string(),
             })?;
+        // One direct connection first: a pool only reports "timed out" when the server is
+        // unreachable or refuses the credentials; the direct attempt gives the real reason
+        // (connection refused, authentication failed, unknown database), classified as usual.
+        let probe =
+            tokio::time::timeout(config.acquire_timeout, PgConnection::connect_with(&options))
+                .await
+                .map_err(|_| error::unavailable("timed out connecting to PostgreSQL"))?
+                .map_err(error::map_sqlx)?;
+        // Closing is best effort: the probe has done its job either way.
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .acquire_timeout(config.acquire_timeout)

@@ -78,7 +78,7 @@ pub enum DemoError {
     #[error(transparent)]
     Docker(#[from] crate::docker::DockerError),
     /// An append failed for a reason other than a conflict.
-    #[error("append failed: {0}")]
+    #[error("append failed")]
     Append(#[from] StoreError),
 }
 

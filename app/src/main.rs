@@ -14,8 +14,7 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
-            // The chain, on one line: "error: cannot connect: PostgreSQL: … : …".
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -54,4 +53,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&args).await.context("bench")?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The error chain on one line ("relay: PostgreSQL: event store unavailable: …"). Drivers often
+/// repeat their source in their own message; a cause already at the end of the line is skipped.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

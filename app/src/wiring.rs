@@ -26,19 +26,19 @@ pub enum WiringError {
     #[error("configuration: {0}")]
     Config(String),
     /// PostgreSQL could not be reached or used.
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL")]
     Store(#[from] StoreError),
     /// NATS could not be reached.
-    #[error("NATS: {0}")]
+    #[error("NATS")]
     Connect(#[from] ConnectError),
     /// The JetStream streams could not be created or do not fit.
-    #[error("NATS JetStream: {0}")]
+    #[error("NATS JetStream")]
     Provision(#[from] ProvisionError),
     /// The durable consumer could not be created.
-    #[error("NATS consumer: {0}")]
+    #[error("NATS consumer")]
     Consume(#[from] ConsumeError),
     /// The metrics endpoint could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
