@@ -1,6 +1,23 @@
-//! The use cases of the EduPulse event backbone and their wiring: the `edupulse-events` command.
+//! The use cases of the EduPulse event backbone, their wiring, and the `edupulse-events` command.
 //!
-//! Placeholder crate docs, completed with the CLI.
+//! # What is here
+//! - [`relay`]: the relay use case, over ports only (unit-tested with the in-memory fakes): it
+//!   follows the store's commit-safe order from a named checkpoint and publishes to the broker.
+//! - [`wiring`]: the one place that builds the PostgreSQL and NATS adapters and plugs them into the
+//!   use cases ([`wiring::Backbone`]); the command, the demo, the bench and the end-to-end tests
+//!   all go through it.
+//! - [`commands`], [`demo`], [`bench`](mod@bench): what the subcommands do; [`cli`]: their options (clap, with
+//!   environment variable fallbacks); [`input`]: the NDJSON / flag event format of `append`.
+//! - [`telemetry`], [`http`], [`stats`]: logs, Prometheus metrics, `/metrics` `/healthz` `/readyz`,
+//!   and a constant-memory latency histogram.
+//! - [`docker`]: throw-away servers for `demo` and `bench` when no URLs are configured.
+//!
+//! # Design decisions
+//! - **The binary is thin.** `main.rs` parses, sets up logging and turns errors into one line and
+//!   an exit code; `anyhow` lives there only. Everything else returns typed errors.
+//! - **Use cases see ports, not adapters.** The relay holds `Arc<dyn …>` ports, so it is tested in
+//!   memory and a team can swap an adapter without touching it.
+//! - **Secrets** (`DATABASE_URL`, NATS credentials) are `secrecy::SecretString`s and never printed.
 
 pub mod bench;
 pub mod cli;

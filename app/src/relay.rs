@@ -1,7 +1,7 @@
 //! The relay: publishes every committed event to the broker, from a named checkpoint.
 //!
 //! The events table is the outbox. The relay follows the store's commit-safe order
-//! ([`EventReader::read_all`]), publishes in batches, and saves its checkpoint only after every
+//! ([`edupulse_ports::EventReader::read_all`]), publishes in batches, and saves its checkpoint only after every
 //! event up to it is acknowledged (or dead-lettered). A crash anywhere loses nothing: the next
 //! relay resumes from the last saved checkpoint and re-publishes at most one batch, which the
 //! broker deduplicates by event id.

@@ -16,7 +16,7 @@
 //!   (fixtures under `tests/fixtures/` prove both ways). New fields are only ever *added*.
 //! - **`version` is the schema version of the event payload.** The seed wrote `1` everywhere, which
 //!   is exactly schema version 1 of each event. A new version of an event is introduced by bumping
-//!   its [`EventKind::schema_version`] and teaching [`upcast`] how to lift the older payload; stored
+//!   its [`EventKind::SCHEMA_VERSION`] and teaching [`upcast`] how to lift the older payload; stored
 //!   events are never rewritten. [`QuizSubmitted`] v2 (adding `max_score`) is the worked example.
 //! - **Tolerant reader.** An event type this build does not know decodes to
 //!   [`DomainEvent::Unknown`], keeping the raw type name, schema version and payload, so a consumer

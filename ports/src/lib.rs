@@ -29,7 +29,7 @@
 //!   [`StoreError::Conflict`] carries the expected and actual versions.
 //! - **`async-trait`** because the app holds the ports as `Arc<dyn …>`.
 //! - **Fakes over mocks.** The `test-util` feature brings in-memory implementations
-//!   ([`memory`]) and the [`conformance`] kit any store adapter must pass; `mocks` brings mockall
+//!   (`memory`) and the `conformance` kit any store adapter must pass; `mocks` brings mockall
 //!   mocks for the rare interaction check.
 
 mod checkpoint;
