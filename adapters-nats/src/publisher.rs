@@ -152,6 +152,7 @@ impl Schedule {
 impl EventPublisher for NatsPublisher {
     /// Publishes with up to `max_in_flight` messages awaiting acknowledgement, but at most one per
     /// stream; every acknowledgement is awaited. See the crate documentation.
+    #[tracing::instrument(name = "publish", skip_all, fields(events = events.len()))]
     async fn publish(&self, events: &[RecordedEvent]) -> Vec<PublishResult> {
         let mut results: Vec<Option<PublishResult>> = events.iter().map(|_| None).collect();
         let mut schedule = Schedule::new(events);
