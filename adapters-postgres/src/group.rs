@@ -1,16 +1,21 @@
 //! Group commit: concurrent appends coalesced into one statement (one transaction, one WAL flush),
 //! each call keeping its own expected-version check, idempotency and error.
 //!
-//! Calls are queued to a few writer tasks, sharded by stream (so two writers never race on one
-//! stream). A writer takes whatever is queued (up to a number of events), at most one call per
-//! stream (the others wait for the next group, in arrival order), and writes the group with one
-//! statement that checks each call's expectation against its stream's head separately: a call
-//! whose expectation fails inserts nothing and does not affect the others. While a group is being
-//! written, the next one accumulates: the busier the store, the larger the groups.
+//! Streams are sharded over a few writer tasks. A call whose shard has nothing being written
+//! writes alone, directly (the "leader": no hand-off, so a lone caller pays no extra latency).
+//! Calls arriving while a write of their shard is in flight go to the shard's queue; its writer
+//! takes whatever is queued (up to a number of events), at most one call per stream (the others
+//! wait for the next group, in arrival order), and writes the group with one statement that
+//! checks each call's expectation against its stream's head separately: a call whose expectation
+//! fails inserts nothing and does not affect the others. While a group is being written, the next
+//! one accumulates: the busier the store, the larger the groups.
 //!
 //! When the statement fails as a whole (a unique violation because a writer outside the group
 //! raced, a reused event id, any other database error), the group is replayed call by call, each
 //! in its own savepoint of one transaction, so every call gets exactly its own result.
+//!
+//! A caller that gives up (drops its future) does not withdraw its call: like any append whose
+//! outcome is unknown, it may have happened, and a retry with the same ids is a replay.
 
 use crate::append::{Columns, append_batch, conflict_or_replay, encode_expected, to_u64};
 use crate::config::GroupCommitConfig;

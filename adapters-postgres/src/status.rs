@@ -12,11 +12,14 @@ pub struct OpenTransaction {
     /// Backend process id (`pg_stat_activity.pid`); `None` for a prepared (two-phase)
     /// transaction, which no session owns.
     pub pid: Option<i32>,
-    /// How long the transaction has been open.
+    /// How long the transaction has been open. Zero when PostgreSQL hides it: the session
+    /// belongs to another role and the caller's role lacks `pg_read_all_stats` (grant it, or
+    /// `pg_monitor`, to the role running `status`).
     pub age: Duration,
     /// `application_name` of the session (the global id of a prepared transaction).
     pub application_name: String,
-    /// Session state (`active`, `idle in transaction`, …; `prepared` for a prepared one).
+    /// Session state (`active`, `idle in transaction`, …; `prepared` for a prepared one);
+    /// empty when hidden, as for `age`.
     pub state: String,
     /// Database the session is connected to.
     pub database: Option<String>,
