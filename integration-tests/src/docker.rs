@@ -193,3 +193,83 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A container the harness started, with the lifecycle operations fault tests use. Both
+/// [`crate::PgContainer`] and [`crate::NatsContainer`] dereference to it.
+pub struct Managed {
+    kind: &'static str,
+    container: ContainerAsync<GenericImage>,
+}
+
+impl Managed {
+    /// Wraps a started container; `kind` names it in messages.
+    pub fn new(kind: &'static str, container: ContainerAsync<GenericImage>) -> Self {
+        Self { kind, container }
+    }
+
+    /// The Docker container id.
+    pub fn id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// The testcontainers handle, for anything not covered here (`exec`, logs).
+    pub fn container(&self) -> &ContainerAsync<GenericImage> {
+        &self.container
+    }
+
+    fn check(&self, what: &str, result: Result<(), testcontainers::TestcontainersError>) {
+        if let Err(e) = result {
+            panic!("{what} {} {}: {e}", self.kind, self.id());
+        }
+    }
+
+    /// Freezes the container's processes (`docker pause`): connections stay open but hang. The
+    /// ports stay the same.
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn pause(&self) {
+        self.check("pause", self.container.pause().await);
+    }
+
+    /// Resumes a paused container.
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn unpause(&self) {
+        self.check("unpause", self.container.unpause().await);
+    }
+
+    /// Stops the container (the server's graceful shutdown, SIGKILL after 10 s). Its file system
+    /// (database, JetStream store) survives for a restart.
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn stop(&self) {
+        self.check("stop", self.container.stop_with_timeout(Some(10)).await);
+    }
+
+    /// Kills the container at once (a crash: SIGKILL, no clean shutdown).
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn kill(&self) {
+        self.check("kill", self.container.stop_with_timeout(Some(0)).await);
+    }
+
+    /// Starts the stopped container again and returns the host port now published for
+    /// `container_port` (the harness fixes ports, so it is normally unchanged). Readiness is the
+    /// caller's to check: testcontainers does not re-check it after a restart.
+    ///
+    /// # Panics
+    ///
+    /// When docker refuses.
+    pub async fn restart_container(&self, container_port: u16) -> u16 {
+        self.check("start", self.container.start().await);
+        host_port(&self.container, container_port).await
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use testcontainers::core::WaitFor;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
+use testcontainers::{GenericImage, ImageExt as _};
 use tokio::sync::OnceCell;
 
 use crate::docker::{self, HOST};
@@ -31,7 +31,7 @@ pub const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 /// with [`NatsContainer::url`] reconnects by itself after
 /// [`NatsContainer::start`]. Streams (file storage) survive a restart.
 pub struct NatsContainer {
-    container: ContainerAsync<GenericImage>,
+    managed: docker::Managed,
     port: AtomicU16,
     monitor_port: AtomicU16,
 }
@@ -73,18 +73,20 @@ pub async fn start_nats_with_args(args: &[&str]) -> NatsContainer {
     )
     .await;
     NatsContainer {
-        container,
+        managed: docker::Managed::new("nats", container),
         port: AtomicU16::new(ports[0]),
         monitor_port: AtomicU16::new(ports[1]),
     }
 }
 
-impl NatsContainer {
-    /// The Docker container id.
-    pub fn id(&self) -> &str {
-        self.container.id()
+impl std::ops::Deref for NatsContainer {
+    type Target = docker::Managed;
+    fn deref(&self) -> &docker::Managed {
+        &self.managed
     }
+}
 
+impl NatsContainer {
     /// The host port (on 127.0.0.1) of the client port.
     pub fn port(&self) -> u16 {
         self.port.load(Ordering::Relaxed)
@@ -116,60 +118,6 @@ impl NatsContainer {
             .await
     }
 
-    /// The testcontainers handle, for anything not covered here.
-    pub fn container(&self) -> &ContainerAsync<GenericImage> {
-        &self.container
-    }
-
-    /// Freezes the container's processes (`docker pause`). The port stays.
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn pause(&self) {
-        self.container
-            .pause()
-            .await
-            .unwrap_or_else(|e| panic!("pause nats {}: {e}", self.id()));
-    }
-
-    /// Resumes a paused container.
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn unpause(&self) {
-        self.container
-            .unpause()
-            .await
-            .unwrap_or_else(|e| panic!("unpause nats {}: {e}", self.id()));
-    }
-
-    /// Stops the container (SIGTERM, SIGKILL after 10 s). The JetStream store
-    /// in the container survives for [`NatsContainer::start`].
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn stop(&self) {
-        self.container
-            .stop_with_timeout(Some(10))
-            .await
-            .unwrap_or_else(|e| panic!("stop nats {}: {e}", self.id()));
-    }
-
-    /// Kills the container at once (a crash).
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn kill(&self) {
-        self.container
-            .stop_with_timeout(Some(0))
-            .await
-            .unwrap_or_else(|e| panic!("kill nats {}: {e}", self.id()));
-    }
-
     /// Starts the stopped container again, re-reads its ports and waits until
     /// JetStream answers (streams are recovered by then).
     ///
@@ -178,13 +126,9 @@ impl NatsContainer {
     /// When docker refuses or JetStream is not ready within [`RESTART_TIMEOUT`].
     pub async fn start(&self) {
         let started = std::time::Instant::now();
-        self.container
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("start nats {}: {e}", self.id()));
-        let port = docker::host_port(&self.container, NATS_PORT).await;
+        let port = self.restart_container(NATS_PORT).await;
         self.port.store(port, Ordering::Relaxed);
-        let monitor = docker::host_port(&self.container, NATS_MONITOR_PORT).await;
+        let monitor = docker::host_port(self.container(), NATS_MONITOR_PORT).await;
         self.monitor_port.store(monitor, Ordering::Relaxed);
         self.wait_ready(RESTART_TIMEOUT).await;
         eprintln!(

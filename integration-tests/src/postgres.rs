@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _};
 use testcontainers::core::WaitFor;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt as _};
+use testcontainers::{GenericImage, ImageExt as _};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::docker::{self, HOST};
@@ -36,7 +36,7 @@ pub const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 /// Its port on 127.0.0.1 is fixed for the container's life: a pool made with
 /// [`PgContainer::url`] reconnects by itself after [`PgContainer::start`].
 pub struct PgContainer {
-    container: ContainerAsync<GenericImage>,
+    managed: docker::Managed,
     port: AtomicU16,
 }
 
@@ -79,17 +79,19 @@ pub async fn start_postgres_with_args(args: &[&str]) -> PgContainer {
     )
     .await;
     PgContainer {
-        container,
+        managed: docker::Managed::new("postgres", container),
         port: AtomicU16::new(ports[0]),
     }
 }
 
-impl PgContainer {
-    /// The Docker container id.
-    pub fn id(&self) -> &str {
-        self.container.id()
+impl std::ops::Deref for PgContainer {
+    type Target = docker::Managed;
+    fn deref(&self) -> &docker::Managed {
+        &self.managed
     }
+}
 
+impl PgContainer {
     /// The host port (on 127.0.0.1) PostgreSQL is published on.
     pub fn port(&self) -> u16 {
         self.port.load(Ordering::Relaxed)
@@ -121,62 +123,6 @@ impl PgContainer {
             .await
     }
 
-    /// The testcontainers handle, for anything not covered here (`exec`, logs).
-    pub fn container(&self) -> &ContainerAsync<GenericImage> {
-        &self.container
-    }
-
-    /// Freezes the container's processes (`docker pause`): connections stay
-    /// open but hang. The port stays the same.
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn pause(&self) {
-        self.container
-            .pause()
-            .await
-            .unwrap_or_else(|e| panic!("pause postgres {}: {e}", self.id()));
-    }
-
-    /// Resumes a paused container.
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn unpause(&self) {
-        self.container
-            .unpause()
-            .await
-            .unwrap_or_else(|e| panic!("unpause postgres {}: {e}", self.id()));
-    }
-
-    /// Stops the container (SIGINT: PostgreSQL's fast shutdown, then SIGKILL
-    /// after 10 s). The data directory survives for [`PgContainer::start`].
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn stop(&self) {
-        self.container
-            .stop_with_timeout(Some(10))
-            .await
-            .unwrap_or_else(|e| panic!("stop postgres {}: {e}", self.id()));
-    }
-
-    /// Kills the container at once (a crash: SIGKILL, no shutdown checkpoint;
-    /// PostgreSQL runs crash recovery at the next start).
-    ///
-    /// # Panics
-    ///
-    /// When docker refuses.
-    pub async fn kill(&self) {
-        self.container
-            .stop_with_timeout(Some(0))
-            .await
-            .unwrap_or_else(|e| panic!("kill postgres {}: {e}", self.id()));
-    }
-
     /// Starts the stopped container again, re-reads its port and waits until
     /// PostgreSQL answers queries.
     ///
@@ -185,11 +131,7 @@ impl PgContainer {
     /// When docker refuses or PostgreSQL is not ready within [`RESTART_TIMEOUT`].
     pub async fn start(&self) {
         let started = std::time::Instant::now();
-        self.container
-            .start()
-            .await
-            .unwrap_or_else(|e| panic!("start postgres {}: {e}", self.id()));
-        let port = docker::host_port(&self.container, PG_PORT).await;
+        let port = self.restart_container(PG_PORT).await;
         self.port.store(port, Ordering::Relaxed);
         self.wait_ready(RESTART_TIMEOUT).await;
         eprintln!(
