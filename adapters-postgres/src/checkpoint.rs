@@ -6,15 +6,19 @@ use chrono::{DateTime, Utc};
 use edupulse_ports::{Checkpoint, Cursor, RecordedEvent, StoreError};
 use sqlx::PgPool;
 
-/// The `WHERE` of the upsert keeps a checkpoint from moving backwards, atomically, whatever the
-/// number of relays saving at once (only one should, but a lease can be lost late).
+/// The upsert keeps a checkpoint from moving backwards, atomically, whatever the number of relays
+/// saving at once (only one should, but a lease can be lost late): the cursor only ever takes the
+/// greater value; `updated_at` records the save either way ("when it was last saved", as the
+/// port says, so a status shows a relay that is alive but idle as fresh).
 const SAVE_SQL: &str = "\
     INSERT INTO relay_checkpoints AS c (name, commit_key, position, updated_at) \
     VALUES ($1, $2, $3, clock_timestamp()) \
-    ON CONFLICT (name) DO UPDATE \
-        SET commit_key = excluded.commit_key, position = excluded.position, \
-            updated_at = excluded.updated_at \
-        WHERE (c.commit_key, c.position) < (excluded.commit_key, excluded.position)";
+    ON CONFLICT (name) DO UPDATE SET \
+        commit_key = CASE WHEN (c.commit_key, c.position) < (excluded.commit_key, excluded.position) \
+                          THEN excluded.commit_key ELSE c.commit_key END, \
+        position   = CASE WHEN (c.commit_key, c.position) < (excluded.commit_key, excluded.position) \
+                          THEN excluded.position ELSE c.position END, \
+        updated_at = excluded.updated_at";
 
 const LOAD_SQL: &str =
     "SELECT commit_key, position, updated_at FROM relay_checkpoints WHERE name = $1";

@@ -63,3 +63,30 @@ fn config_for(url: &str) -> edupulse_postgres::PgStoreConfig {
     c.acquire_timeout = std::time::Duration::from_secs(2);
     c
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_that_does_not_decode_is_reported_as_corrupted_with_its_position() {
+    use edupulse_domain::{EventId, StreamId};
+    use edupulse_ports::EventReader;
+
+    let db = fresh_database().await;
+    let store = crate::support::store_on(&db).await;
+    let id = EventId::new();
+    let stream = StreamId::from_uuid(*id.as_uuid());
+    // Written behind the store's back: a LessonPublished whose title breaks the domain's rule.
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (commit_key, event_id, stream_id, stream_version, event_type, \
+                             schema_version, occurred_at, metadata, payload) \
+         VALUES (pg_current_xact_id()::text::int8, $1, $1, 1, 'LessonPublished', 1, now(), '{}', \
+                 jsonb_build_object('lesson_id', $1, 'author_id', $1, 'title', '')) \
+         RETURNING position",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(store.pool())
+    .await
+    .expect("insert a bad row");
+    match store.read_stream(stream, 1, 10).await {
+        Err(StoreError::Corrupted { position: p, .. }) => assert_eq!(p as i64, position),
+        other => panic!("expected corrupted, got {other:?}"),
+    }
+}
