@@ -1,0 +1,338 @@
+//! The history of a run and its verdict, in Jepsen's vocabulary.
+//!
+//! Writers record what they **attempted**, what the store **acknowledged** (append committed,
+//! with the stream version it got), what failed **ambiguously** ([`StoreError::Unavailable`]:
+//! it may have committed) and what is known **not** to have committed (a rolled-back caller
+//! transaction). The consumer side records every delivery. The verdict ([`Figures`]):
+//!
+//! - **lost**: acknowledged, never consumed;
+//! - **unexpected**: consumed, never acknowledged, and not an unresolved ambiguous append
+//!   (those are **indeterminate**: retried with the same ids, the store reports a replay, so a
+//!   run normally ends with none);
+//! - **duplicated**: one event id delivered as a *first* delivery more than once, i.e. stored
+//!   twice by the broker in spite of its deduplication; **redelivered** counts deliveries with
+//!   `attempt > 1` (an ack that did not reach the broker), which are harmless and reported apart;
+//! - **reordered**: per stream, a first delivery whose stream version is not the previous + 1
+//!   (versions dead-lettered on purpose skipped).
+//!
+//! [`StoreError::Unavailable`]: edupulse_ports::StoreError::Unavailable
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use edupulse_domain::{EventEnvelope, EventId, StreamId};
+use edupulse_ports::{AppendOutcome, Delivery};
+
+/// Locks, ignoring poisoning (a panicking writer must not hide the verdict).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the writers did.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    inner: Mutex<HistoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistoryInner {
+    attempted: HashSet<EventId>,
+    acknowledged: HashMap<EventId, (StreamId, u64)>,
+    ambiguous: HashSet<EventId>,
+    not_committed: HashSet<EventId>,
+    retryable_errors: u64,
+    conflicts: u64,
+}
+
+impl History {
+    /// A shared, empty history.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The events are about to be appended (counted once, whatever the retries).
+    pub(crate) fn attempt(&self, events: &[EventEnvelope]) {
+        let mut h = lock(&self.inner);
+        h.attempted.extend(events.iter().map(|e| e.id));
+    }
+
+    /// The store acknowledged the append (a replay of an ambiguous attempt included).
+    pub(crate) fn acknowledged(&self, outcome: &AppendOutcome) {
+        let mut h = lock(&self.inner);
+        for e in &outcome.events {
+            h.ambiguous.remove(&e.id);
+            h.acknowledged
+                .insert(e.id, (outcome.stream_id, e.stream_version));
+        }
+    }
+
+    /// The append failed with a retryable error: it may or may not have committed.
+    pub(crate) fn ambiguous(&self, events: &[EventEnvelope]) {
+        let mut h = lock(&self.inner);
+        h.retryable_errors += 1;
+        h.ambiguous.extend(events.iter().map(|e| e.id));
+    }
+
+    /// The events are known not to be committed (rolled back): they must never be consumed.
+    pub(crate) fn not_committed(&self, events: &[EventEnvelope]) {
+        let mut h = lock(&self.inner);
+        for e in events {
+            h.ambiguous.remove(&e.id);
+            h.not_committed.insert(e.id);
+        }
+    }
+
+    /// An optimistic concurrency conflict was seen (and handled by the writer).
+    pub(crate) fn conflict(&self) {
+        lock(&self.inner).conflicts += 1;
+    }
+
+    /// Number of acknowledged events.
+    pub(crate) fn acknowledged_count(&self) -> usize {
+        lock(&self.inner).acknowledged.len()
+    }
+
+    /// The acknowledged events.
+    pub(crate) fn acknowledged_ids(&self) -> HashSet<EventId> {
+        lock(&self.inner).acknowledged.keys().copied().collect()
+    }
+
+    /// The acknowledged events with their stream and version.
+    pub(crate) fn acknowledged_versions(&self) -> HashMap<EventId, (StreamId, u64)> {
+        lock(&self.inner).acknowledged.clone()
+    }
+
+    /// Appends that failed with a retryable error (each retry counts).
+    pub(crate) fn retryable_errors(&self) -> u64 {
+        lock(&self.inner).retryable_errors
+    }
+
+    /// Conflicts seen by writers.
+    pub(crate) fn conflicts(&self) -> u64 {
+        lock(&self.inner).conflicts
+    }
+}
+
+/// What the consumer received.
+#[derive(Debug, Default)]
+pub(crate) struct Consumed {
+    /// Per event id: the attempts of its deliveries.
+    deliveries: HashMap<EventId, Vec<u64>>,
+    /// Per stream: the versions of first deliveries, in delivery order.
+    versions: HashMap<StreamId, Vec<u64>>,
+    /// First deliveries lacking a stream version header (counted as reordered: unverifiable).
+    unversioned: u64,
+    /// When set, the envelopes received (to compare them with what was appended).
+    pub(crate) envelopes: Option<HashMap<EventId, EventEnvelope>>,
+}
+
+impl Consumed {
+    /// Records one delivery.
+    pub(crate) fn record(&mut self, d: &Delivery) {
+        let attempts = self.deliveries.entry(d.envelope.id).or_default();
+        attempts.push(d.attempt);
+        let first_seen = attempts.len() == 1;
+        if let Some(envelopes) = &mut self.envelopes {
+            envelopes.insert(d.envelope.id, d.envelope.clone());
+        }
+        // Order is judged on first deliveries only; a redelivery after a lost ack is not a
+        // reordering of the stream, and a second copy stored by the broker is a duplicate.
+        if first_seen && d.attempt == 1 {
+            match d.stream_version {
+                Some(version) => self
+                    .versions
+                    .entry(d.envelope.stream_id())
+                    .or_default()
+                    .push(version),
+                None => self.unversioned += 1,
+            }
+        }
+    }
+
+    /// Distinct events received.
+    pub(crate) fn distinct(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    /// Whether `id` was received.
+    pub(crate) fn contains(&self, id: &EventId) -> bool {
+        self.deliveries.contains_key(id)
+    }
+}
+
+/// One row of the figures table.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Figures {
+    pub(crate) fault: String,
+    pub(crate) attempted: u64,
+    pub(crate) acknowledged: u64,
+    pub(crate) indeterminate: u64,
+    /// Messages the broker holds in the run's stream (each stored once if dedup held).
+    pub(crate) stored: u64,
+    pub(crate) consumed: u64,
+    pub(crate) lost: u64,
+    pub(crate) unexpected: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) redelivered: u64,
+    pub(crate) reordered: u64,
+    /// Events the relay dead-lettered on purpose (excluded from `lost`).
+    pub(crate) dead_lettered: u64,
+    /// From the fault healing to every event acknowledged before it being consumed.
+    pub(crate) recovery: Option<Duration>,
+    /// Free-form notes (retries seen, takeovers…).
+    pub(crate) notes: String,
+}
+
+/// Judges a run: `history` against `consumed`. `dead_lettered` are ids the relay was expected
+/// to dead-letter (not lost), `stored` the broker's message count of the run's stream.
+pub(crate) fn judge(
+    fault: &str,
+    history: &History,
+    consumed: &Consumed,
+    dead_lettered: &HashSet<EventId>,
+    stored: u64,
+) -> Figures {
+    let h = lock(&history.inner);
+    let lost = h
+        .acknowledged
+        .keys()
+        .filter(|id| !consumed.contains(id) && !dead_lettered.contains(id))
+        .count() as u64;
+    let unexpected = consumed
+        .deliveries
+        .keys()
+        .filter(|id| {
+            !h.acknowledged.contains_key(id)
+                && (!h.ambiguous.contains(id) || h.not_committed.contains(id))
+        })
+        .count() as u64;
+    let duplicated = consumed
+        .deliveries
+        .values()
+        .filter(|attempts| attempts.iter().filter(|&&a| a == 1).count() > 1)
+        .count() as u64;
+    // Per stream, each first delivery must be the previous version + 1, skipping only the
+    // versions dead-lettered on purpose.
+    let skipped: HashSet<(StreamId, u64)> = dead_lettered
+        .iter()
+        .filter_map(|id| h.acknowledged.get(id).copied())
+        .collect();
+    let mut reordered = consumed.unversioned;
+    for (stream, versions) in &consumed.versions {
+        let mut prev = 0;
+        for &version in versions {
+            let mut next = prev + 1;
+            while skipped.contains(&(*stream, next)) {
+                next += 1;
+            }
+            if version != next {
+                reordered += 1;
+            }
+            prev = version;
+        }
+    }
+    let redelivered = consumed
+        .deliveries
+        .values()
+        .map(|attempts| attempts.iter().filter(|&&a| a > 1).count() as u64)
+        .sum();
+    Figures {
+        fault: fault.to_owned(),
+        attempted: h.attempted.len() as u64,
+        acknowledged: h.acknowledged.len() as u64,
+        indeterminate: h.ambiguous.len() as u64,
+        stored,
+        consumed: consumed.distinct() as u64,
+        lost,
+        unexpected,
+        duplicated,
+        redelivered,
+        reordered,
+        dead_lettered: dead_lettered.len() as u64,
+        recovery: None,
+        notes: String::new(),
+    }
+}
+
+impl Figures {
+    /// Prints the row, appends it to `target/faults-report.md`, then asserts the invariants:
+    /// lost = unexpected = duplicated = reordered = 0, something was acknowledged, and the
+    /// broker stores each event once.
+    pub(crate) fn report_and_check(&self) {
+        let row = self.row();
+        println!("{HEADER}\n{SEPARATOR}\n{row}");
+        eprintln!("faults: {row}");
+        append_report(&row);
+        assert!(self.acknowledged > 0, "nothing was acknowledged: {self:?}");
+        assert_eq!(self.lost, 0, "lost events: {self:?}");
+        assert_eq!(self.unexpected, 0, "unexpected events: {self:?}");
+        assert_eq!(self.duplicated, 0, "duplicated events: {self:?}");
+        assert_eq!(self.reordered, 0, "reordered events: {self:?}");
+        assert_eq!(
+            self.stored, self.consumed,
+            "the broker stores each consumed event exactly once: {self:?}"
+        );
+    }
+
+    fn row(&self) -> String {
+        let dead = if self.dead_lettered > 0 {
+            format!("{} dead-lettered on purpose; ", self.dead_lettered)
+        } else {
+            String::new()
+        };
+        let recovery = self
+            .recovery
+            .map_or_else(|| "—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {dead}{} |",
+            self.fault,
+            self.attempted,
+            self.acknowledged,
+            self.indeterminate,
+            self.consumed,
+            self.lost,
+            self.unexpected,
+            self.duplicated,
+            self.redelivered,
+            self.reordered,
+            recovery,
+            self.notes
+        )
+    }
+}
+
+const HEADER: &str = "| fault | attempted | acknowledged | indeterminate | consumed | lost | unexpected | duplicated | redelivered | reordered | time to recover | notes |";
+const SEPARATOR: &str = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+
+/// `target/faults-report.md` of the workspace (or `$CARGO_TARGET_DIR`).
+fn report_path() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    );
+    target.join("faults-report.md")
+}
+
+/// Appends one row (the header first when the file is new). One `write` per row: rows of
+/// tests running in parallel do not interleave.
+fn append_report(row: &str) {
+    let path = report_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        let _ = f.write_all(format!("{HEADER}\n{SEPARATOR}\n").as_bytes());
+    }
+    match std::fs::OpenOptions::new().append(true).open(&path) {
+        Ok(mut f) => {
+            let _ = f.write_all(format!("{row}\n").as_bytes());
+        }
+        Err(e) => eprintln!("faults: cannot write {}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,416 @@
+//! A run of the whole backbone under a fault: the real wiring ([`Backbone`]), writers appending
+//! with expected versions and retrying ambiguous failures with the same ids, a durable consumer
+//! collecting every delivery, and the verdict ([`Run::finish`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use edupulse_app::relay::RelayConfig;
+use edupulse_app::wiring::{Backbone, RunningRelay, spawn_relay};
+use edupulse_domain::{
+    BadgeAwarded, EventEnvelope, EventId, ExpectedVersion, LessonPublished, LessonTitle, Metadata,
+    StreamId, Uuid,
+};
+use edupulse_integration_tests::unique_name;
+use edupulse_nats::{NatsConfig, NatsConsumer};
+use edupulse_ports::{AppendOutcome, EventAppender, EventConsumer, Settlement};
+use edupulse_postgres::{PgEventStore, PgStoreConfig};
+use secrecy::SecretString;
+use tokio::task::JoinHandle;
+
+use crate::checker::{Consumed, Figures, History, judge, lock};
+
+/// `EDUPULSE_SOAK=1` multiplies the amount of work (and the run times) by this.
+pub(crate) fn soak_factor() -> u32 {
+    match std::env::var("EDUPULSE_SOAK").as_deref() {
+        Ok("1" | "true" | "yes") => 10,
+        _ => 1,
+    }
+}
+
+/// How long to wait for everything acknowledged to be consumed before judging.
+pub(crate) const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The metadata key tagging events with their run.
+pub(crate) const RUN_KEY: &str = "faults_run";
+
+/// A NATS configuration with the run's own stream and subject prefix, and a short ack timeout
+/// (faults are noticed sooner).
+pub(crate) fn nats_config(servers: Vec<String>, name: &str) -> NatsConfig {
+    let mut config = NatsConfig::new(servers, name.to_uppercase(), name.to_owned());
+    config.ack_timeout = Duration::from_secs(2);
+    config
+}
+
+/// A store configuration for `url`: a small pool and a short acquire timeout (faults are
+/// reported as `Unavailable` sooner).
+pub(crate) fn pg_config(url: &str) -> PgStoreConfig {
+    let mut config = PgStoreConfig::new(SecretString::from(url.to_owned()));
+    config.max_connections = 8;
+    config.acquire_timeout = Duration::from_secs(3);
+    config
+}
+
+/// The relay configuration of the suite: small batches (faults land mid-batch), quick polling,
+/// quick lease retries, backoff capped far below the duplicate window.
+pub(crate) fn relay_config(name: &str) -> RelayConfig {
+    RelayConfig {
+        name: name.to_owned(),
+        batch_size: 64,
+        poll_interval: Duration::from_millis(100),
+        lease_retry: Duration::from_millis(250),
+        backoff_min: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(2),
+        ..RelayConfig::default()
+    }
+}
+
+/// An event of `stream`, tagged with the run, alternating lessons and badges.
+pub(crate) fn event(stream: StreamId, run: &str, i: u64) -> EventEnvelope {
+    let mut metadata = Metadata::default();
+    metadata.extra.insert(RUN_KEY.to_owned(), run.into());
+    let envelope = if i.is_multiple_of(2) {
+        EventEnvelope::new(LessonPublished {
+            lesson_id: *stream.as_uuid(),
+            author_id: Uuid::new_v4(),
+            title: LessonTitle::new(format!("Lesson {i}")).expect("title"),
+        })
+    } else {
+        EventEnvelope::new(BadgeAwarded {
+            badge_id: Uuid::new_v4(),
+            recipient_id: *stream.as_uuid(),
+        })
+    };
+    envelope.with_stream(stream).with_metadata(metadata)
+}
+
+/// Appends until the store acknowledges: a retryable failure is ambiguous (recorded as such)
+/// and retried with the **same** events, which the store reports as a replay if the first
+/// attempt had committed. Gives up after `deadline` (the events stay indeterminate) and returns
+/// `None`. Any other error is a failure of the test (the writers own their streams).
+pub(crate) async fn append_until_acknowledged(
+    store: &dyn EventAppender,
+    history: &History,
+    stream: StreamId,
+    expected: ExpectedVersion,
+    events: Vec<EventEnvelope>,
+    deadline: Duration,
+) -> Option<AppendOutcome> {
+    history.attempt(&events);
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match store.append(stream, expected, events.clone()).await {
+            Ok(outcome) => {
+                history.acknowledged(&outcome);
+                return Some(outcome);
+            }
+            Err(e) if e.is_retryable() => {
+                history.ambiguous(&events);
+                if started.elapsed() > deadline {
+                    eprintln!("faults: giving up an append after {deadline:?}: {e}");
+                    return None;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => panic!("append to {stream} (expected {expected}): {e:?}"),
+        }
+    }
+}
+
+/// The shape of the writers' load.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Workload {
+    /// Concurrent writers, each owning its streams.
+    pub(crate) writers: usize,
+    /// Streams per writer, appended to round robin with exact expected versions.
+    pub(crate) streams_per_writer: usize,
+    /// Events per append: 1 to this many.
+    pub(crate) max_batch: usize,
+    /// Pause between two appends of a writer.
+    pub(crate) pace: Duration,
+    /// Appends per writer; `None`: until [`Writers::stop`].
+    pub(crate) appends: Option<usize>,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Self {
+            writers: 4,
+            streams_per_writer: 8,
+            max_batch: 4,
+            pace: Duration::from_millis(10),
+            appends: None,
+        }
+    }
+}
+
+/// Running writers.
+pub(crate) struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Writers {
+    /// Asks the writers to stop after their current append (retries included).
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops and waits for the writers.
+    pub(crate) async fn join(self) {
+        self.stop();
+        for task in self.tasks {
+            task.await.expect("writer task");
+        }
+    }
+
+    /// Waits for the writers to finish their appends (a workload with `appends` set).
+    pub(crate) async fn finish(self) {
+        for task in self.tasks {
+            task.await.expect("writer task");
+        }
+    }
+}
+
+/// Starts the writers of `workload` on `store`.
+pub(crate) fn spawn_writers(
+    store: Arc<PgEventStore>,
+    history: Arc<History>,
+    run: &str,
+    workload: Workload,
+) -> Writers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = (0..workload.writers)
+        .map(|_| {
+            let (store, history, stop, run) =
+                (store.clone(), history.clone(), stop.clone(), run.to_owned());
+            tokio::spawn(async move {
+                let mut streams: Vec<(StreamId, Option<u64>)> = (0..workload.streams_per_writer)
+                    .map(|_| (StreamId::new(), None))
+                    .collect();
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst)
+                    && workload.appends.is_none_or(|n| i < n as u64)
+                {
+                    let slot = i as usize % streams.len();
+                    let (stream, version) = streams[slot];
+                    let n = rand::random_range(1..=workload.max_batch.max(1)) as u64;
+                    let events = (0..n).map(|k| event(stream, &run, i + k)).collect();
+                    let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                    let Some(outcome) = append_until_acknowledged(
+                        &*store,
+                        &history,
+                        stream,
+                        expected,
+                        events,
+                        Duration::from_secs(90),
+                    )
+                    .await
+                    else {
+                        // Indeterminate: this stream's version is unknown now; leave it.
+                        streams[slot] = (StreamId::new(), None);
+                        i += 1;
+                        continue;
+                    };
+                    streams[slot].1 = Some(outcome.last_version());
+                    i += 1;
+                    tokio::time::sleep(workload.pace).await;
+                }
+            })
+        })
+        .collect();
+    Writers { stop, tasks }
+}
+
+/// The consumer side: a durable consumer acking every delivery promptly.
+struct Collector {
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+fn spawn_collector(mut consumer: NatsConsumer, consumed: Arc<Mutex<Consumed>>) -> Collector {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                match consumer.next_batch(512, Duration::from_millis(250)).await {
+                    Ok(batch) => {
+                        for d in batch {
+                            lock(&consumed).record(&d);
+                            // A failed ack means a redelivery later (counted as such).
+                            let _ = consumer.settle(d.token, Settlement::Ack).await;
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
+    });
+    Collector { stop, task }
+}
+
+/// One run: its names, configurations, wiring, history and consumer.
+pub(crate) struct Run {
+    /// Unique name: the NATS stream (upper case), subject prefix, relay and consumer name.
+    pub(crate) name: String,
+    /// The store configuration.
+    pub(crate) pg: PgStoreConfig,
+    /// The NATS configuration.
+    pub(crate) nats: NatsConfig,
+    /// The wiring the run uses for appends and in-process relays.
+    pub(crate) backbone: Backbone,
+    /// What writers did.
+    pub(crate) history: Arc<History>,
+    /// What the consumer received.
+    pub(crate) consumed: Arc<Mutex<Consumed>>,
+    collector: Collector,
+}
+
+/// Retries `f` until it succeeds or `timeout` passes (servers that just started, a cluster
+/// electing its leaders).
+pub(crate) async fn retry<T, E: std::fmt::Display, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let started = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if started.elapsed() < timeout => {
+                eprintln!("faults: {what}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+impl Run {
+    /// Connects the real wiring to the database at `pg_url` (migrated) and to NATS `servers`,
+    /// with a unique stream, and starts the consumer.
+    pub(crate) async fn start(fault: &str, pg_url: &str, servers: Vec<String>) -> Self {
+        let name = unique_name(fault);
+        let nats = nats_config(servers, &name);
+        Self::start_with(name, pg_config(pg_url), nats).await
+    }
+
+    /// [`Run::start`] with given configurations.
+    pub(crate) async fn start_with(name: String, pg: PgStoreConfig, nats: NatsConfig) -> Self {
+        let backbone = retry("connect the backbone", Duration::from_secs(60), || {
+            Backbone::connect(&pg, nats.clone())
+        })
+        .await;
+        let consumer = retry("create the consumer", Duration::from_secs(60), || {
+            backbone.consumer(&name, None)
+        })
+        .await;
+        let consumed = Arc::new(Mutex::new(Consumed::default()));
+        let collector = spawn_collector(consumer, consumed.clone());
+        Self {
+            name,
+            pg,
+            nats,
+            backbone,
+            history: History::new(),
+            consumed,
+            collector,
+        }
+    }
+
+    /// The run's relay configuration (checkpoint and lease named after the run).
+    pub(crate) fn relay_config(&self) -> RelayConfig {
+        relay_config(&self.name)
+    }
+
+    /// An in-process relay over the run's wiring.
+    pub(crate) async fn spawn_relay(&self) -> RunningRelay {
+        spawn_relay(self.backbone.relay(self.relay_config()), None)
+            .await
+            .expect("spawn relay")
+    }
+
+    /// Starts writers with `workload`.
+    pub(crate) fn writers(&self, workload: Workload) -> Writers {
+        spawn_writers(
+            self.backbone.store.clone(),
+            self.history.clone(),
+            &self.name,
+            workload,
+        )
+    }
+
+    /// Waits until every event acknowledged so far is consumed; returns how long that took
+    /// from `since` (the moment a fault healed). `None` on timeout.
+    pub(crate) async fn caught_up_since(&self, since: Instant) -> Option<Duration> {
+        let ids = self.history.acknowledged_ids();
+        self.wait_consumed(&ids, &HashSet::new(), CONVERGENCE_TIMEOUT)
+            .await
+            .then(|| since.elapsed())
+    }
+
+    /// Waits until the consumer has received `ids` (except `except`).
+    pub(crate) async fn wait_consumed(
+        &self,
+        ids: &HashSet<EventId>,
+        except: &HashSet<EventId>,
+        timeout: Duration,
+    ) -> bool {
+        let started = Instant::now();
+        loop {
+            let missing = {
+                let consumed = lock(&self.consumed);
+                ids.iter()
+                    .filter(|id| !except.contains(id) && !consumed.contains(id))
+                    .count()
+            };
+            if missing == 0 {
+                return true;
+            }
+            if started.elapsed() > timeout {
+                eprintln!("faults: {missing} events still not consumed after {timeout:?}");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Messages the broker holds in the run's stream (retried across leader elections).
+    pub(crate) async fn stored(&self) -> u64 {
+        let js = edupulse_nats::jetstream_context(self.backbone.client.clone(), &self.nats);
+        retry("read the stream state", Duration::from_secs(60), || {
+            let js = js.clone();
+            let stream = self.nats.stream_name.clone();
+            async move {
+                let mut s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+                let info = s.info().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(info.state.messages)
+            }
+        })
+        .await
+    }
+
+    /// Waits for everything acknowledged (but `dead_lettered`) to be consumed, lets late
+    /// duplicates arrive, stops the consumer and judges the run.
+    pub(crate) async fn finish(self, fault: &str, dead_lettered: &HashSet<EventId>) -> Figures {
+        let ids = self.history.acknowledged_ids();
+        self.wait_consumed(&ids, dead_lettered, CONVERGENCE_TIMEOUT)
+            .await;
+        // A duplicate stored by the broker would arrive right behind: give it a moment.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stored = self.stored().await;
+        self.collector.stop.store(true, Ordering::SeqCst);
+        let _ = self.collector.task.await;
+        let consumed = lock(&self.consumed);
+        judge(fault, &self.history, &consumed, dead_lettered, stored)
+    }
+}
