@@ -1,21 +1,727 @@
-//! `bench`: figures measured against the machine's own ceilings (see issue 8).
+//! `bench`: throughput and latency measured against the machine's own ceilings (issue 8).
+//!
+//! Figures on a shared 2-core machine are noisy, so everything is measured in **one run against
+//! the same servers** and read as ratios: the store and the relay against raw batched inserts
+//! (row 1), raw pipelined acknowledged publishes (row 2) and the seed's design (row 3).
+//!
+//! | phase | what |
+//! |---|---|
+//! | 1 | raw PostgreSQL: `INSERT … SELECT FROM unnest(…)`, 1000 rows per statement and transaction, 4 connections, rows of the events' columns and size, into a scratch table without the store's indexes, triggers or checks |
+//! | 2 | raw JetStream: pipelined publishes (1024 awaiting their ack), same size and headers as the relay's, a fresh `Nats-Msg-Id` each, to a scratch stream |
+//! | 3 | the seed's design: one transaction per event (INSERT of the envelope as jsonb), then a core publish (no ack); 1 and 16 callers |
+//! | 4 | the store's `append` (group commit on): batches of 1, 10, 100, 1000 × 1, 16, 64 callers, each for a fixed time |
+//! | 5 | the relay catching up from a backlog (`--backlog`, spread over 10 000 aggregates), from its checkpoint to caught up, in a process of its own |
+//! | 6 | commit → ack latency with the relay running, appenders paced at 1k and 5k events/s |
+//! | 7 | the relay's peak RSS during 5 |
+//! | + | the ceiling "batched insert + pipelined publish together", and end to end: appenders at full speed with the relay running, until every event is acknowledged by JetStream |
+//!
+//! Servers come from `DATABASE_URL` / `NATS_URL`, or are started in Docker (PostgreSQL with
+//! `fsync` on) as for `demo`. Each run works in a database of its own (`edupulse_bench_<id>`,
+//! dropped at the end) and JetStream streams and subjects of its own (deleted at the end), so it
+//! can run against shared servers without touching their data. If the database cannot be created
+//! (no `CREATEDB`), the given database is used: events appended by the bench then stay in its
+//! append-only events table, so only do that on a scratch database.
+//!
+//! CPU time per event is reported per phase for the client (this process, or the relay process
+//! during the catch-up) and, when the bench started the servers in Docker, for PostgreSQL and
+//! nats-server (their cgroups' CPU accounting): that says which side bounds a figure.
+//!
+//! Outputs: the table on stdout, `bench.json` and `bench.svg` under `--out`.
+
+mod catchup;
+mod load;
+mod raw;
+pub mod report;
+mod sys;
+mod workload;
+
+pub use catchup::RelayMode;
+pub use report::BenchReport;
 
 use crate::cli::BenchArgs;
+use crate::docker::{DockerError, LocalServers};
+use crate::relay::RelayConfig;
+use crate::stats::ms;
+use crate::wiring::{Backbone, WiringError, spawn_relay};
+use edupulse_domain::Uuid;
+use edupulse_ports::StoreError;
+use edupulse_postgres::{PgEventStore, PgStoreConfig};
+use raw::Measured;
+use report::{LatencyRow, Row, Target};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::Connection;
+use sqlx::postgres::PgPoolOptions;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use sys::{CpuPerEvent, CpuProbe};
 use thiserror::Error;
+use workload::Template;
 
 /// Why the bench could not run.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum BenchError {
-    /// Not written yet.
-    #[error("the bench command is not available yet")]
-    NotYet,
+    /// Docker could not provide servers.
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    /// The backbone could not be connected.
+    #[error(transparent)]
+    Wiring(#[from] WiringError),
+    /// The store failed (not retryable, or retried too often).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A raw PostgreSQL step failed.
+    #[error("PostgreSQL ({what}): {source}")]
+    Postgres {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A raw NATS step failed.
+    #[error("NATS ({what}): {source}")]
+    Nats {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The relay did not start or did not catch up in time.
+    #[error("relay: {0}")]
+    Relay(String),
+    /// A task of the bench panicked or was cancelled.
+    #[error("bench task: {0}")]
+    Task(String),
+    /// The outputs could not be written.
+    #[error("cannot write {path}: {source}")]
+    Output {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// Runs the bench.
+/// How to run the bench beyond its command-line arguments.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Where the relay runs during the catch-up.
+    pub relay: RelayMode,
+}
+
+/// Runs the bench (the relay in a process of its own: this executable's `relay` command), prints
+/// the table and writes the outputs.
 ///
 /// # Errors
 /// [`BenchError`].
-pub async fn run(_args: &BenchArgs) -> Result<(), BenchError> {
-    Err(BenchError::NotYet)
+pub async fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    let relay = match std::env::current_exe() {
+        Ok(exe) => RelayMode::Subprocess(exe),
+        Err(_) => RelayMode::InProcess,
+    };
+    run_with(args, &BenchOptions { relay }).await?;
+    Ok(())
+}
+
+/// Runs the bench with `options`, prints the table, writes `bench.json` and `bench.svg` under
+/// `args.out`, and returns the report.
+///
+/// # Errors
+/// [`BenchError`].
+pub async fn run_with(args: &BenchArgs, options: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let local = match (&args.pg.database_url, args.nats.nats_url.is_empty()) {
+        (Some(_), false) => None,
+        _ => {
+            eprintln!("starting PostgreSQL (fsync on) and NATS in Docker…");
+            let servers = LocalServers::start().await?;
+            eprintln!("servers ready in {:.1} s", servers.startup.as_secs_f64());
+            Some(servers)
+        }
+    };
+    let mut pg = args.pg.clone();
+    let mut nats = args.nats.clone();
+    let mut probe = CpuProbe::default();
+    if let Some(servers) = &local {
+        pg.database_url = Some(SecretString::from(servers.database_url.clone()));
+        nats.nats_url = vec![servers.nats_url.clone()];
+        let (pg_id, nats_id) = servers.ids();
+        probe = CpuProbe {
+            postgres: Some(pg_id),
+            nats: Some(nats_id),
+        };
+    }
+    let run_id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+    nats.nats_stream = format!("BENCH_{run_id}");
+    nats.subject_prefix = format!("bench-{run_id}");
+    let given = pg.store_config()?.url;
+    let database = Scratch::create(&given, &format!("edupulse_bench_{run_id}")).await;
+    let url = database.url.clone().unwrap_or_else(|| given.clone());
+    pg.database_url = Some(url.clone());
+
+    let result = run_phases(args, options, &pg, &nats, &run_id, &probe).await;
+    database.drop_it(&given).await;
+    drop(local);
+    let report = result?;
+    print!("{}", report.table());
+    let (json, svg) = report
+        .write(&args.out)
+        .map_err(|(path, source)| BenchError::Output { path, source })?;
+    println!("\nwrote {} and {}", json.display(), svg.display());
+    Ok(report)
+}
+
+/// The bench's own database, dropped at the end.
+struct Scratch {
+    name: String,
+    url: Option<SecretString>,
+}
+
+impl Scratch {
+    async fn create(given: &SecretString, name: &str) -> Self {
+        let created = async {
+            let mut conn = sqlx::PgConnection::connect(given.expose_secret()).await?;
+            sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
+                .execute(&mut conn)
+                .await?;
+            let _ = conn.close().await;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        let url = url::Url::parse(given.expose_secret()).ok().map(|mut u| {
+            u.set_path(&format!("/{name}"));
+            SecretString::from(u.to_string())
+        });
+        match (created, url) {
+            (Ok(()), Some(url)) => Self {
+                name: name.to_owned(),
+                url: Some(url),
+            },
+            (created, _) => {
+                eprintln!(
+                    "warning: cannot create a database of the bench's own ({}); using the given \
+                     database: the events the bench appends stay in its events table",
+                    created
+                        .err()
+                        .map_or("URL not understood".into(), |e| e.to_string())
+                );
+                Self {
+                    name: name.to_owned(),
+                    url: None,
+                }
+            }
+        }
+    }
+
+    async fn drop_it(self, given: &SecretString) {
+        if self.url.is_none() {
+            return;
+        }
+        if let Ok(mut conn) = sqlx::PgConnection::connect(given.expose_secret()).await {
+            let sql = format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name);
+            if let Err(e) = sqlx::query(&sql).execute(&mut conn).await {
+                eprintln!("warning: {sql}: {e}");
+            }
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Sizes and durations of a run.
+struct Plan {
+    raw_events: u64,
+    seed_cell: Duration,
+    store_cell: Duration,
+    backlog: u64,
+    paced: Duration,
+    e2e: Duration,
+    drain_timeout: Duration,
+}
+
+impl Plan {
+    fn of(args: &BenchArgs) -> Self {
+        if args.quick {
+            Self {
+                raw_events: 10_000,
+                seed_cell: Duration::from_millis(300),
+                store_cell: Duration::from_millis(200),
+                backlog: args.backlog.clamp(1, 20_000),
+                paced: Duration::from_millis(800),
+                e2e: Duration::from_millis(800),
+                drain_timeout: Duration::from_secs(60),
+            }
+        } else {
+            Self {
+                raw_events: 300_000,
+                seed_cell: Duration::from_secs(3),
+                store_cell: Duration::from_millis(2500),
+                backlog: args.backlog.max(1),
+                paced: Duration::from_secs(10),
+                e2e: Duration::from_secs(10),
+                drain_timeout: Duration::from_secs(600),
+            }
+        }
+    }
+}
+
+/// Connections of the raw batched paths (phase 1, the ceiling, the backlog).
+const RAW_WRITERS: usize = 4;
+/// The end-to-end load: callers × events per call, over many aggregates.
+const E2E_CALLERS: usize = 16;
+const E2E_BATCH: usize = 10;
+/// The relay's page size (the `relay` command's default).
+const RELAY_BATCH: usize = 2048;
+
+#[allow(clippy::too_many_lines)]
+async fn run_phases(
+    args: &BenchArgs,
+    options: &BenchOptions,
+    pg: &crate::cli::PgArgs,
+    nats: &crate::cli::NatsArgs,
+    run_id: &str,
+    probe: &CpuProbe,
+) -> Result<BenchReport, BenchError> {
+    let plan = Plan::of(args);
+    let mut pg_config: PgStoreConfig = pg.store_config()?;
+    pg_config.max_connections = pg_config.max_connections.max(48);
+    let store = PgEventStore::connect(&pg_config).await?;
+    store.migrate().await?;
+    drop(store);
+    let backbone = Backbone::connect(&pg_config, nats.nats_config()?).await?;
+    let raw_pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(pg.store_config()?.url.expose_secret())
+        .await
+        .map_err(|source| BenchError::Postgres {
+            what: "connect",
+            source,
+        })?;
+    // Open every connection before measuring: a new connection (authentication included) costs
+    // more than many appends.
+    warm_pool(&raw_pool, 20).await?;
+    load::run(
+        &backbone.store,
+        load::Load {
+            callers: 48,
+            batch: 600,
+            streams_per_caller: 1,
+            pace: None,
+            duration: Duration::from_millis(300),
+        },
+    )
+    .await?;
+    let js = edupulse_nats::jetstream_context(backbone.client.clone(), &backbone.nats);
+    let template = Arc::new(Template::new());
+    let raw_table = format!("bench_raw_{run_id}");
+    let seed_table = format!("bench_seed_{run_id}");
+    let raw_stream = format!("BENCH_RAW_{run_id}");
+    let raw_prefix = format!("bench-raw-{run_id}");
+    raw::create_raw_table(&raw_pool, &raw_table).await?;
+    raw::create_seed_table(&raw_pool, &seed_table).await?;
+    raw::create_raw_stream(&js, &raw_stream, &raw_prefix).await?;
+
+    let result = async {
+        let mut rows = Vec::new();
+        let window = backbone.nats.max_in_flight;
+        let mut row = |key: &str, label: String, m: Measured, cpu: CpuPerEvent| {
+            eprintln!("  {label}: {:.0} events/s", m.rate());
+            rows.push(Row {
+                key: key.to_owned(),
+                label,
+                events: m.events,
+                seconds: m.elapsed.as_secs_f64(),
+                rate: m.rate(),
+                vs_raw_pg: 0.0,
+                vs_raw_js: 0.0,
+                vs_seed16: 0.0,
+                cpu_client_us: cpu.client_us,
+                cpu_postgres_us: cpu.postgres_us,
+                cpu_nats_us: cpu.nats_us,
+            });
+        };
+        let measure = |before: sys::CpuSnapshot, m: &Measured| {
+            CpuPerEvent::between(before, probe.snapshot(None), m.events)
+        };
+
+        // 1 and 2: the ceilings, alone.
+        let cpu = probe.snapshot(None);
+        let m = raw::raw_insert(
+            &raw_pool,
+            &raw_table,
+            &template,
+            plan.raw_events,
+            RAW_WRITERS,
+        )
+        .await?;
+        row(
+            "raw_pg",
+            format!("1. raw PG: batched INSERT (1000/stmt, {RAW_WRITERS} conns)"),
+            m,
+            measure(cpu, &m),
+        );
+        let cpu = probe.snapshot(None);
+        let m = raw::raw_publish(&js, &raw_prefix, &template, plan.raw_events, window).await?;
+        row(
+            "raw_js",
+            format!("2. raw JetStream: pipelined acked publish + msg id ({window})"),
+            m,
+            measure(cpu, &m),
+        );
+        // The ceiling of the whole path: both at once.
+        let cpu = probe.snapshot(None);
+        let started = Instant::now();
+        let (a, b) = tokio::join!(
+            raw::raw_insert(
+                &raw_pool,
+                &raw_table,
+                &template,
+                plan.raw_events,
+                RAW_WRITERS
+            ),
+            raw::raw_publish(&js, &raw_prefix, &template, plan.raw_events, window),
+        );
+        a?;
+        b?;
+        let m = Measured {
+            events: plan.raw_events,
+            elapsed: started.elapsed(),
+        };
+        row(
+            "ceiling",
+            "   ceiling: batched insert + pipelined publish together".into(),
+            m,
+            measure(cpu, &m),
+        );
+
+        // 3: the seed's design.
+        let seed_subject = format!("bench-seed-{run_id}.QuizSubmitted");
+        for callers in [1, 16] {
+            let cpu = probe.snapshot(None);
+            let m = raw::seed_design(
+                &raw_pool,
+                &backbone.client,
+                &seed_table,
+                &seed_subject,
+                callers,
+                plan.seed_cell,
+            )
+            .await?;
+            row(
+                &format!("seed_c{callers}"),
+                format!("3. seed: tx per event + core publish, {callers} callers"),
+                m,
+                measure(cpu, &m),
+            );
+        }
+
+        // 4: the store's append.
+        for batch in [1usize, 10, 100, 1000] {
+            for callers in [1usize, 16, 64] {
+                let mut cell = load::Load {
+                    callers,
+                    batch,
+                    streams_per_caller: 8,
+                    pace: None,
+                    duration: plan.store_cell / 5,
+                };
+                // Warm-up (the writers' queues, the pool, PostgreSQL's caches), not counted.
+                load::run(&backbone.store, cell).await?;
+                cell.duration = plan.store_cell;
+                let cpu = probe.snapshot(None);
+                let out = load::run(&backbone.store, cell).await?;
+                row(
+                    &format!("store_b{batch}_c{callers}"),
+                    format!(
+                        "4. store append: batch {batch:>4} x {callers:>2} callers (p99 {:.1} ms)",
+                        ms(out.latency.quantile(0.99))
+                    ),
+                    out.measured,
+                    measure(cpu, &out.measured),
+                );
+            }
+        }
+
+        // 5 and 7: catch-up.
+        let mut relay_env = vec![
+            (
+                "DATABASE_URL".to_owned(),
+                pg.store_config()?.url.expose_secret().to_owned(),
+            ),
+            ("NATS_URL".to_owned(), nats.nats_url.join(",")),
+            ("EDUPULSE_NATS_STREAM".to_owned(), nats.nats_stream.clone()),
+            (
+                "EDUPULSE_SUBJECT_PREFIX".to_owned(),
+                nats.subject_prefix.clone(),
+            ),
+            (
+                "EDUPULSE_NATS_REPLICAS".to_owned(),
+                nats.nats_replicas.to_string(),
+            ),
+        ];
+        for (key, value) in [
+            ("NATS_CREDS", &nats.nats_creds),
+            ("NATS_NKEY", &nats.nats_nkey),
+            ("NATS_CA", &nats.nats_ca),
+        ] {
+            if let Some(v) = value {
+                relay_env.push((key.to_owned(), v.display().to_string()));
+            }
+        }
+        if nats.nats_tls_required {
+            relay_env.push(("NATS_TLS_REQUIRED".to_owned(), "true".to_owned()));
+        }
+        eprintln!("writing a backlog of {} events…", plan.backlog);
+        let catch_up = catchup::run(catchup::CatchUpSetup {
+            backbone: &backbone,
+            raw_pool: &raw_pool,
+            template: &template,
+            backlog: plan.backlog,
+            mode: &options.relay,
+            relay_env,
+            batch_size: RELAY_BATCH,
+            name: format!("bench-catchup-{run_id}"),
+            probe,
+            timeout: plan.drain_timeout,
+        })
+        .await?;
+        row(
+            "backlog_write",
+            "5. backlog written: batched INSERT into events (2 conns)".into(),
+            catch_up.seeded,
+            CpuPerEvent::default(),
+        );
+        row(
+            "catchup",
+            format!(
+                "5. relay catch-up, {} events over 10k aggregates ({:.1} s in all)",
+                plan.backlog,
+                catch_up.total.elapsed.as_secs_f64()
+            ),
+            catch_up.steady,
+            catch_up.cpu,
+        );
+
+        // 6 and end to end: the relay running in this process, from the tip.
+        let relay_name = format!("bench-live-{run_id}");
+        {
+            use edupulse_ports::CheckpointStore;
+            let tip = catchup::tip(&raw_pool).await?;
+            backbone.store.save(&relay_name, tip).await?;
+        }
+        let running = spawn_relay(
+            backbone.relay(RelayConfig {
+                name: relay_name,
+                batch_size: RELAY_BATCH,
+                poll_interval: Duration::from_millis(100),
+                ..RelayConfig::default()
+            }),
+            None,
+        )
+        .await?;
+        let stats = running.stats.clone();
+        let drain = |target: u64| {
+            let stats = stats.clone();
+            async move {
+                let deadline = Instant::now() + plan.drain_timeout;
+                while stats.published.load(Ordering::Relaxed) < target {
+                    if Instant::now() > deadline {
+                        return Err(BenchError::Relay(format!(
+                            "the relay did not publish everything within {:?}",
+                            plan.drain_timeout
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Ok(Instant::now())
+            }
+        };
+        let live = async {
+            let mut latency = Vec::new();
+            for rate in [1000.0, 5000.0] {
+                let base = stats.published.load(Ordering::Relaxed);
+                stats.commit_to_ack.reset();
+                let out = load::run(
+                    &backbone.store,
+                    load::Load {
+                        callers: 256,
+                        batch: 1,
+                        streams_per_caller: 1,
+                        pace: Some(rate),
+                        duration: plan.paced,
+                    },
+                )
+                .await?;
+                drain(base + out.measured.events).await?;
+                let h = &stats.commit_to_ack;
+                latency.push(LatencyRow {
+                    offered_rate: rate,
+                    achieved_rate: out.measured.rate(),
+                    p50_ms: ms(h.quantile(0.5)),
+                    p99_ms: ms(h.quantile(0.99)),
+                    max_ms: ms(h.max()),
+                    samples: h.count(),
+                    append_p99_ms: ms(out.latency.quantile(0.99)),
+                });
+                eprintln!("  commit → ack at {rate}/s: {}", h.summary());
+            }
+            // End to end at full speed.
+            let base = stats.published.load(Ordering::Relaxed);
+            let cpu = probe.snapshot(None);
+            let started = Instant::now();
+            let out = load::run(
+                &backbone.store,
+                load::Load {
+                    callers: E2E_CALLERS,
+                    batch: E2E_BATCH,
+                    streams_per_caller: 64,
+                    pace: None,
+                    duration: plan.e2e,
+                },
+            )
+            .await?;
+            let done = drain(base + out.measured.events).await?;
+            let m = Measured {
+                events: out.measured.events,
+                elapsed: done - started,
+            };
+            Ok::<_, BenchError>((latency, m, measure(cpu, &m)))
+        }
+        .await;
+        running.stop().await;
+        let (latency, e2e, e2e_cpu) = live?;
+        row(
+            "e2e",
+            format!("   end to end: append ({E2E_CALLERS} x batch {E2E_BATCH}) + relay -> acked"),
+            e2e,
+            e2e_cpu,
+        );
+
+        let mut report = BenchReport {
+            quick: args.quick,
+            event_bytes: template.encoded.len(),
+            message_bytes: template.wire_bytes,
+            rows,
+            latency,
+            relay_peak_rss_bytes: catch_up.peak_rss,
+            relay_peak_rss_of: catch_up.rss_of.to_owned(),
+            targets: Vec::new(),
+            notes: notes(&plan),
+        };
+        report.compute_ratios();
+        report.targets = targets(&report);
+        Ok::<_, BenchError>(report)
+    }
+    .await;
+
+    let _ = js.delete_stream(&raw_stream).await;
+    let _ = js.delete_stream(&backbone.nats.stream_name).await;
+    let _ = js
+        .delete_stream(format!("{}_DLQ", backbone.nats.stream_name))
+        .await;
+    raw_pool.close().await;
+    result
+}
+
+/// Opens `n` connections of `pool` at once, so that measurements do not pay for connecting.
+async fn warm_pool(pool: &sqlx::PgPool, n: usize) -> Result<(), BenchError> {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        held.push(pool.acquire());
+    }
+    for conn in futures::future::join_all(held).await {
+        conn.map_err(|source| BenchError::Postgres {
+            what: "connect",
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn notes(plan: &Plan) -> Vec<String> {
+    vec![
+        "ratios are within this run, on the same servers: read them rather than the absolute \
+         figures on a shared machine"
+            .into(),
+        format!(
+            "the catch-up backlog ({} events) spreads over 10 000 aggregates, 1000 per \
+             statement, as real traffic interleaves aggregates: the publisher keeps one message \
+             in flight per aggregate (per-stream order), so a backlog of a few hot aggregates is \
+             bound by round trips instead",
+            plan.backlog
+        ),
+        "catch-up is timed from the relay's first saved checkpoint (after its first page) to \
+         caught up; the relay runs as `edupulse-events relay` in its own process unless noted"
+            .into(),
+        "commit → ack runs from the row's recorded_at (clock_timestamp() at insert, so the \
+         commit itself is included) to JetStream's acknowledgement"
+            .into(),
+        "end to end: appenders through the store (group commit) at full speed over many \
+         aggregates while the relay publishes; timed until the last event is acknowledged"
+            .into(),
+        "CPU µs/event: client = this process (the relay process for the catch-up); PostgreSQL \
+         and NATS from their containers' cgroups when the bench started them"
+            .into(),
+    ]
+}
+
+fn targets(report: &BenchReport) -> Vec<Target> {
+    let rate = |key: &str| report.row(key).map_or(0.0, |r| r.rate);
+    let mut targets = Vec::new();
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let e2e = ratio(rate("e2e"), rate("ceiling"));
+    targets.push(Target {
+        goal: "end to end >= 90% of insert+publish ceiling".into(),
+        measured: format!(
+            "{:.0}% ({:.0} vs {:.0} events/s)",
+            e2e * 100.0,
+            rate("e2e"),
+            rate("ceiling")
+        ),
+        met: e2e >= 0.9,
+    });
+    let gc = ratio(rate("store_b1_c64"), rate("seed_c16"));
+    targets.push(Target {
+        goal: "64 single-event callers >= 4x seed with 16 callers".into(),
+        measured: format!(
+            "{gc:.2}x ({:.0} vs {:.0} events/s)",
+            rate("store_b1_c64"),
+            rate("seed_c16")
+        ),
+        met: gc >= 4.0,
+    });
+    let cu = ratio(rate("catchup"), rate("raw_js"));
+    targets.push(Target {
+        goal: "relay catch-up >= 80% of raw pipelined publish".into(),
+        measured: format!(
+            "{:.0}% ({:.0} vs {:.0} events/s)",
+            cu * 100.0,
+            rate("catchup"),
+            rate("raw_js")
+        ),
+        met: cu >= 0.8,
+    });
+    if let Some(l) = report.latency.iter().find(|l| l.offered_rate >= 5000.0) {
+        targets.push(Target {
+            goal: "commit → ack p99 < 10 ms at 5k events/s".into(),
+            measured: format!("p99 {:.2} ms (achieved {:.0}/s)", l.p99_ms, l.achieved_rate),
+            met: l.p99_ms < 10.0 && l.achieved_rate >= 0.95 * l.offered_rate,
+        });
+    }
+    let rss = report.relay_peak_rss_bytes;
+    targets.push(Target {
+        goal: "relay RSS < 64 MB during catch-up".into(),
+        measured: rss.map_or("unknown".into(), |b| {
+            format!(
+                "{:.1} MiB ({})",
+                b as f64 / 1048576.0,
+                report.relay_peak_rss_of
+            )
+        }),
+        met: rss.is_some_and(|b| b < 64 * 1024 * 1024),
+    });
+    targets
 }
