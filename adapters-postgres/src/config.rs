@@ -33,17 +33,22 @@ pub struct PgStoreConfig {
     pub lease_ping_timeout: Duration,
 }
 
-/// Group commit: concurrent [`edupulse_ports::EventAppender::append`] calls are queued and written
-/// by a few writer tasks, many calls per statement (one transaction, one WAL flush), each call
-/// keeping its own expected-version check, idempotency and error.
+/// Group commit: concurrent [`edupulse_ports::EventAppender::append`] calls are written many
+/// per statement (one transaction, one WAL flush), each call keeping its own expected-version
+/// check, idempotency and error. A call that finds its shard idle writes alone at once; calls
+/// arriving meanwhile are queued and written together by the shard's writer task.
+///
+/// The writer tasks are spawned on the Tokio runtime of the store's first grouped append and
+/// live as long as the store (and its clones): a store shared by several runtimes (a `static`
+/// used by many `#[tokio::test]`s) should disable group commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupCommitConfig {
     /// Whether `append` goes through the writer tasks (`true`, the default) or runs its own
     /// statement on a pooled connection.
     pub enabled: bool,
-    /// Number of writer tasks (each uses one pooled connection while writing). Streams are
-    /// sharded over the writers, so two writers never race on one stream.
+    /// Number of writer tasks, that is of shards (each writer holds one pooled connection while
+    /// it has work). Streams are sharded over them, so two groups never race on one stream.
     pub writers: usize,
     /// Most events written by one grouped statement. Larger single calls bypass the group.
     pub max_group_events: usize,
