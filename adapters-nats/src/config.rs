@@ -20,7 +20,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum NatsAuth {
-    /// No credentials (or credentials embedded in the server URL).
+    /// No credentials, or credentials embedded in the server URL (`nats://user:password@host`,
+    /// `nats://token@host`): [`crate::connect`] takes them out of the URL and sends them as
+    /// connect options, so the client never logs them with the server address.
     #[default]
     None,
     /// A `.creds` file (user JWT and nkey seed), as issued by `nsc`. The path is not a secret;

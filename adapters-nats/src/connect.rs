@@ -2,7 +2,7 @@
 
 use crate::config::{NatsAuth, NatsConfig, redact_url};
 use async_nats::{ConnectErrorKind, ConnectOptions, Event, ServerAddr};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use thiserror::Error;
 
@@ -85,34 +85,91 @@ impl ConnectError {
 /// # Errors
 /// Every [`ConnectError`] variant.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, ConnectError> {
-    let addrs = parse_servers(&config.servers)?;
-    let options = options(config).await?;
+    let (addrs, url_auth) = parse_servers(&config.servers)?;
+    let options = options(config, url_auth).await?;
     options
         .connect(addrs)
         .await
         .map_err(|e| classify_connect(e, &config.servers))
 }
 
-/// Parses the server URLs.
-fn parse_servers(servers: &[String]) -> Result<Vec<ServerAddr>, ConnectError> {
+/// Credentials embedded in a server URL: `nats://user:password@host` or `nats://token@host`.
+#[derive(Debug)] // SecretString prints [REDACTED]
+enum UrlAuth {
+    UserPassword(String, SecretString),
+    Token(SecretString),
+}
+
+/// Parses the server URLs and takes any credentials out of them (the first found is used).
+///
+/// The addresses handed to the client carry no credentials: the client logs server addresses,
+/// password included, at debug level (and async-nats 0.51 ignores credentials in a URL anyway);
+/// they are passed as connect options instead.
+fn parse_servers(servers: &[String]) -> Result<(Vec<ServerAddr>, Option<UrlAuth>), ConnectError> {
     if servers.is_empty() {
         return Err(ConnectError::NoServers);
     }
-    servers
-        .iter()
-        .map(|s| {
-            s.parse::<ServerAddr>()
-                .map_err(|source| ConnectError::InvalidUrl {
-                    url: redact_url(s),
-                    source,
-                })
-        })
-        .collect()
+    let mut auth = None;
+    let mut addrs = Vec::with_capacity(servers.len());
+    for s in servers {
+        let invalid = |source| ConnectError::InvalidUrl {
+            url: redact_url(s),
+            source,
+        };
+        let mut url = s.parse::<ServerAddr>().map_err(invalid)?.into_inner();
+        if !url.username().is_empty() {
+            let user = percent_decode(url.username());
+            let found = match url.password() {
+                Some(password) => {
+                    UrlAuth::UserPassword(user, SecretString::from(percent_decode(password)))
+                }
+                None => UrlAuth::Token(SecretString::from(user)),
+            };
+            auth.get_or_insert(found);
+            // Cannot fail for a URL that has a user name.
+            let _ = url.set_password(None);
+            let _ = url.set_username("");
+        }
+        addrs.push(ServerAddr::from_url(url).map_err(invalid)?);
+    }
+    Ok((addrs, auth))
 }
 
-async fn options(config: &NatsConfig) -> Result<ConnectOptions, ConnectError> {
+/// Decodes `%XX` escapes (as in URL user information); anything else is kept as is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn options(
+    config: &NatsConfig,
+    url_auth: Option<UrlAuth>,
+) -> Result<ConnectOptions, ConnectError> {
     let mut options = match &config.auth {
-        NatsAuth::None => ConnectOptions::new(),
+        NatsAuth::None => match url_auth {
+            None => ConnectOptions::new(),
+            Some(UrlAuth::UserPassword(user, password)) => {
+                ConnectOptions::with_user_and_password(user, password.expose_secret().into())
+            }
+            Some(UrlAuth::Token(token)) => {
+                ConnectOptions::with_token(token.expose_secret().to_owned())
+            }
+        },
         NatsAuth::CredentialsFile(path) => ConnectOptions::with_credentials_file(path)
             .await
             .map_err(|source| ConnectError::CredentialsFile {
@@ -203,6 +260,31 @@ mod tests {
         assert!(!err.to_string().contains("pw"));
         assert!(parse_servers(&["nats://h:notaport".into()]).is_err());
         assert!(parse_servers(&["nats://h:4222".into(), "localhost".into()]).is_ok());
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_the_urls() {
+        let (addrs, auth) = parse_servers(&[
+            "nats://app:p%40ss:w0rd@h1:4222".into(),
+            "nats://h2:4222".into(),
+        ])
+        .unwrap();
+        // The client never sees (nor logs) them in an address.
+        for addr in &addrs {
+            assert!(!addr.has_user_pass(), "{}", addr.as_url_str());
+            assert!(!addr.as_url_str().contains("w0rd"));
+        }
+        match auth {
+            Some(UrlAuth::UserPassword(user, password)) => {
+                assert_eq!(user, "app");
+                assert_eq!(password.expose_secret(), "p@ss:w0rd");
+            }
+            _ => panic!("user and password expected"),
+        }
+        let (_, auth) = parse_servers(&["nats://s3cr3t-token@h:4222".into()]).unwrap();
+        assert!(matches!(auth, Some(UrlAuth::Token(t)) if t.expose_secret() == "s3cr3t-token"));
+        let (_, auth) = parse_servers(&["nats://h:4222".into()]).unwrap();
+        assert!(auth.is_none());
     }
 
     #[test]
