@@ -76,6 +76,8 @@ pub struct NatsConsumer {
     limits: DecodeLimits,
     unsettled: HashMap<u64, jetstream::Message>,
     next_token: u64,
+    /// How long a pull may go unanswered beyond its own wait (the configured ack timeout).
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for NatsConsumer {
@@ -137,6 +139,7 @@ impl NatsConsumer {
             },
             unsettled: HashMap::new(),
             next_token: 0,
+            request_timeout: config.ack_timeout,
         })
     }
 
@@ -159,7 +162,7 @@ impl NatsConsumer {
             .messages()
             .await
             .map_err(|e| ConsumeError::Unavailable(Box::new(e)))?;
-        collect(batch).await
+        collect(batch, self.request_timeout).await
     }
 
     /// Waits up to `wait` for one message.
@@ -173,7 +176,7 @@ impl NatsConsumer {
             .messages()
             .await
             .map_err(|e| ConsumeError::Unavailable(Box::new(e)))?;
-        collect(batch).await
+        collect(batch, wait + self.request_timeout).await
     }
 
     /// Turns a message into a delivery, or dead-letters it when it cannot be decoded.
@@ -396,11 +399,30 @@ impl EventConsumer for NatsConsumer {
 }
 
 /// Collects a batch; a failure after some messages keeps those (they must be settled).
+/// Collects the messages of a pull until the server ends it, or until `limit` passes: the end
+/// of a pull is a status message from the server, which never comes when the server is paused,
+/// partitioned away or died with the request (the client has no timeout of its own there).
+/// Messages received before the limit are returned; none at all is `Unavailable`.
 async fn collect(
     mut batch: async_nats::jetstream::consumer::pull::Batch,
+    limit: Duration,
 ) -> Result<Vec<jetstream::Message>, ConsumeError> {
     let mut messages = Vec::new();
-    while let Some(item) = batch.next().await {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let item = match tokio::time::timeout_at(deadline, batch.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            Err(_) if messages.is_empty() => {
+                return Err(ConsumeError::Unavailable(
+                    format!("no answer to a pull request within {limit:?}").into(),
+                ));
+            }
+            Err(_) => {
+                tracing::debug!(?limit, "pull not ended in time; keeping what arrived");
+                break;
+            }
+        };
         match item {
             Ok(message) => messages.push(message),
             Err(e) if messages.is_empty() => return Err(ConsumeError::Unavailable(e)),
