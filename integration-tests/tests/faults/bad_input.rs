@@ -37,7 +37,10 @@ fn bad_lines_are_refused_with_the_right_error() {
         r#"{{"badge_id":"{}","recipient_id":"{stream}"}}"#,
         Uuid::new_v4()
     ));
-    assert!(parse_line(valid.as_bytes()).is_ok(), "the control line parses");
+    assert!(
+        parse_line(valid.as_bytes()).is_ok(),
+        "the control line parses"
+    );
 
     // Malformed JSON, in several ways.
     for line in [
@@ -64,7 +67,11 @@ fn bad_lines_are_refused_with_the_right_error() {
     let mut invalid = valid.clone().into_bytes();
     let at = invalid.iter().position(|&b| b == b'B').expect("a B");
     invalid[at] = 0xff;
-    for line in [invalid.as_slice(), b"\xc3\x28", b"{\"type\":\"\xed\xa0\x80\"}"] {
+    for line in [
+        invalid.as_slice(),
+        b"\xc3\x28",
+        b"{\"type\":\"\xed\xa0\x80\"}",
+    ] {
         assert!(
             matches!(
                 parse_line(line),
@@ -115,7 +122,9 @@ fn strings_at_the_size_limits() {
     // Characters, not bytes: 200 four-byte characters are a valid title; one more is not.
     let max = "🦀".repeat(LessonTitle::MAX_CHARS);
     assert_eq!(
-        LessonTitle::new(max.clone()).expect("title at the limit").as_str(),
+        LessonTitle::new(max.clone())
+            .expect("title at the limit")
+            .as_str(),
         max
     );
     assert!(LessonTitle::new(format!("{max}a")).is_err());
@@ -137,7 +146,11 @@ async fn an_event_too_large_is_refused_before_commit() {
     let big_id = big.id;
     for batch in [vec![big.clone()], vec![small, big]] {
         match store.append(stream, ExpectedVersion::Any, batch).await {
-            Err(StoreError::EventTooLarge { event_id, size, max }) => {
+            Err(StoreError::EventTooLarge {
+                event_id,
+                size,
+                max,
+            }) => {
                 assert_eq!(event_id, big_id);
                 assert!(size > max && max == DEFAULT_MAX_EVENT_BYTES);
             }
@@ -145,7 +158,13 @@ async fn an_event_too_large_is_refused_before_commit() {
         }
     }
     // Nothing stored: not the big event, not the small one of its batch.
-    assert!(store.read_stream(stream, 1, 10).await.expect("read").is_empty());
+    assert!(
+        store
+            .read_stream(stream, 1, 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
     assert_eq!(store.head().await.expect("head").last_position, 0);
 }
 
@@ -195,7 +214,7 @@ async fn broker_smaller_than_the_store_dead_letters_and_moves_on() {
     let name = run.name.clone();
     // The checker expects the poison events' versions to be skipped, nothing else.
     let mut figures = run.finish("broker_max_payload_dead_letter", &poison).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     let recorded: Vec<Uuid> = sqlx::query_scalar(
         "SELECT event_id FROM relay_dead_letters WHERE name = $1 ORDER BY position",
     )
@@ -207,7 +226,10 @@ async fn broker_smaller_than_the_store_dead_letters_and_moves_on() {
         .into_iter()
         .map(edupulse_domain::EventId::from_uuid)
         .collect();
-    assert_eq!(recorded, poison, "each poison event is recorded, nothing else");
+    assert_eq!(
+        recorded, poison,
+        "each poison event is recorded, nothing else"
+    );
     assert_eq!(store.dead_letter_count(&name).await.expect("count"), 3);
     assert_eq!(stats.dead_letters.load(Ordering::Relaxed), 3);
     figures.notes = "3 events above the broker's limit dead-lettered (recorded, counted)".into();
@@ -228,7 +250,9 @@ async fn strings_at_the_limits_travel_intact() {
         causation_id: Some(ContextId::new("~".repeat(ContextId::MAX_LEN)).expect("id")),
         ..Metadata::default()
     };
-    metadata.extra.insert(RUN_KEY.to_owned(), run.name.clone().into());
+    metadata
+        .extra
+        .insert(RUN_KEY.to_owned(), run.name.clone().into());
     let titles = [
         "🦀".repeat(LessonTitle::MAX_CHARS),
         "a".repeat(LessonTitle::MAX_CHARS),
@@ -274,11 +298,15 @@ async fn strings_at_the_limits_travel_intact() {
         .expect("read");
     let consumed = run.consumed.clone();
     let mut figures = run.finish("strings_at_limits", &HashSet::new()).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     let received = lock(&consumed).envelopes.take().unwrap_or_default();
     for (appended, stored) in all.iter().zip(&stored) {
         assert_eq!(&stored.envelope, appended, "stored intact");
-        assert_eq!(received.get(&appended.id), Some(appended), "delivered intact");
+        assert_eq!(
+            received.get(&appended.id),
+            Some(appended),
+            "delivered intact"
+        );
     }
     figures.notes = "titles of 200 chars (4-byte too), ids of 128 bytes, a 1 MB event".into();
     figures.report_and_check();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use edupulse_integration_tests::{NatsContainer, fresh_database, start_nats};
 
-use crate::workload::{Run, Workload, soak_factor};
+use crate::workload::{Run, Workload, soak_factor, within};
 
 /// Appends for `before`, applies `fault` (which returns when the broker is healthy again),
 /// appends for `after`, and judges the run.
@@ -26,7 +26,7 @@ async fn run_with_broker_fault(
     tokio::time::sleep(Duration::from_secs(2) * soak).await;
     let published_before = relay.stats.published.load(Ordering::Relaxed);
     assert!(published_before > 0, "the relay publishes before the fault");
-    fault(nats).await;
+    within("the fault", Duration::from_secs(120), fault(nats)).await;
     let healed = Instant::now();
     tokio::time::sleep(Duration::from_secs(2) * soak).await;
     writers.join().await;
@@ -36,7 +36,7 @@ async fn run_with_broker_fault(
     let published = relay.stats.published.load(Ordering::Relaxed);
     let duplicates = relay.stats.duplicates.load(Ordering::Relaxed);
     let mut figures = run.finish(what, &HashSet::new()).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     figures.recovery = recovery;
     figures.notes = format!(
         "relay: {published} published, {duplicates} deduplicated re-publishes, {retries} retries"
@@ -71,4 +71,46 @@ async fn broker_paused_mid_publish() {
         nats.unpause().await;
     })
     .await;
+}
+
+/// Regression: a pull whose answer never comes (the broker paused, or the node holding the
+/// consumer killed) used to leave `next_batch` waiting forever; it must give up and report the
+/// broker unavailable, and work again once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_never_hangs_on_a_paused_broker() {
+    use edupulse_ports::{ConsumeError, EventConsumer};
+
+    let nats = start_nats().await;
+    let db = fresh_database().await;
+    let run = Run::start("consumer_paused", db.url(), vec![nats.url()]).await;
+    let mut consumer = run
+        .backbone
+        .consumer(&format!("{}_probe", run.name), None)
+        .await
+        .expect("consumer");
+    nats.pause().await;
+    for _ in 0..3 {
+        let outcome = within(
+            "next_batch on a paused broker",
+            Duration::from_secs(30),
+            consumer.next_batch(10, Duration::from_millis(250)),
+        )
+        .await;
+        assert!(
+            matches!(outcome, Err(ConsumeError::Unavailable(_)) | Ok(_)),
+            "{outcome:?}"
+        );
+    }
+    nats.unpause().await;
+    let outcome = within(
+        "next_batch after the pause",
+        Duration::from_secs(30),
+        consumer.next_batch(10, Duration::from_millis(250)),
+    )
+    .await;
+    assert!(outcome.is_ok_and(|d| d.is_empty()));
+    let figures = run
+        .finish("consumer_on_paused_broker", &HashSet::new())
+        .await;
+    assert_eq!(figures.lost + figures.unexpected, 0);
 }

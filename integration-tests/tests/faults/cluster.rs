@@ -53,8 +53,9 @@ async fn r3_cluster_loses_the_stream_leader_mid_run() {
 
     let retries = relay.stats.retries.load(Ordering::Relaxed);
     let mut figures = run.finish("cluster_r3_node_lost", &HashSet::new()).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     figures.recovery = recovery;
-    figures.notes = format!("stream leader n{leader} killed, not restarted; {retries} relay retries");
+    figures.notes =
+        format!("stream leader n{leader} killed, not restarted; {retries} relay retries");
     figures.report_and_check();
 }

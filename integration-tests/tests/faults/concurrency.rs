@@ -112,7 +112,7 @@ async fn sixteen_writers_on_one_stream_each_version_won_once() {
 
     let conflicts = run.history.conflicts();
     let mut figures = run.finish("16_writers_one_stream", &HashSet::new()).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     figures.notes = format!("{conflicts} conflicts (losers re-decided), {n} versions contiguous");
     figures.report_and_check();
     assert!(conflicts > 0, "16 writers on one stream must conflict");
@@ -130,7 +130,7 @@ async fn caller_transaction(run: Arc<(Run, Vec<StreamId>)>, k: usize) -> bool {
     let early_xid = rand::random_bool(0.5);
     let (pause_before, hold) = (
         rand::random_range(0..100u64),
-        if k % 15 == 0 {
+        if k.is_multiple_of(15) {
             // Long-open: holds back the commit horizon of the whole cluster meanwhile.
             rand::random_range(800..1500u64)
         } else {
@@ -207,7 +207,7 @@ async fn out_of_order_commits_under_relay_load() {
     writers.join().await;
 
     let mut figures = run.finish("out_of_order_commits", &HashSet::new()).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     figures.notes = format!(
         "{transactions} caller transactions, {committed} committed, the rest rolled back (never delivered)"
     );

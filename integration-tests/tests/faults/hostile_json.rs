@@ -162,7 +162,12 @@ proptest! {
 
 #[test]
 fn nesting_at_and_beyond_the_limit() {
-    for depth in [MAX_NESTING_DEPTH - 3, MAX_NESTING_DEPTH, MAX_NESTING_DEPTH + 1, 100_000] {
+    for depth in [
+        MAX_NESTING_DEPTH - 3,
+        MAX_NESTING_DEPTH,
+        MAX_NESTING_DEPTH + 1,
+        100_000,
+    ] {
         let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
         let line = format!(r#"{{"type":"BadgeAwarded","metadata":{{"x":{deep}}},"payload":{{}}}}"#);
         let _ = parse_line(line.as_bytes());

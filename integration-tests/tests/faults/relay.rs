@@ -178,7 +178,7 @@ async fn two_relays_race_on_one_checkpoint_and_the_standby_takes_over() {
     let recovery = run.caught_up_since(killed).await;
 
     let mut figures = run.finish("relay_race_takeover", &HashSet::new()).await;
-    b.stop().await;
+    Run::stop_relay(b).await;
     figures.recovery = recovery;
     figures.notes = format!(
         "takeover after {:.1} s; {}; {}",
@@ -187,6 +187,9 @@ async fn two_relays_race_on_one_checkpoint_and_the_standby_takes_over() {
         stats("b", &b_stats)
     );
     figures.report_and_check();
-    assert!(b_stats.published.load(Ordering::Relaxed) > 0, "the standby took over");
+    assert!(
+        b_stats.published.load(Ordering::Relaxed) > 0,
+        "the standby took over"
+    );
     assert_eq!(b_stats.takeovers.load(Ordering::Relaxed), 1);
 }

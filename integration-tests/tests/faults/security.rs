@@ -60,12 +60,14 @@ async fn the_application_role_as_a_login_runs_everything_but_cannot_rewrite_even
     .expect("append as the role");
 
     let mut figures = run.finish("app_login_role", &HashSet::new()).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     figures.notes = "everything as a LOGIN role member of edupulse_app".into();
     figures.report_and_check();
 
     // ...but history cannot be rewritten: privileges refuse before any trigger runs.
-    let mut conn = PgConnection::connect(&url).await.expect("connect as the role");
+    let mut conn = PgConnection::connect(&url)
+        .await
+        .expect("connect as the role");
     for sql in [
         "UPDATE events SET payload = '{}'::jsonb",
         "DELETE FROM events",
@@ -189,10 +191,7 @@ async fn a_password_in_the_urls_never_appears_in_the_output() {
             !all.contains(SENTINEL),
             "{what}: the password leaked:\n{all}"
         );
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .collect();
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "{what}: one error line:\n{stderr}");
         assert!(
             errors[0].contains(names),

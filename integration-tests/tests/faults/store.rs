@@ -40,7 +40,7 @@ async fn postgres_restarted_mid_load() {
     let retryable = run.history.retryable_errors();
     let takeovers = relay.stats.takeovers.load(Ordering::Relaxed);
     let mut figures = run.finish("postgres_restarted", &HashSet::new()).await;
-    relay.stop().await;
+    Run::stop_relay(relay).await;
     figures.recovery = recovery;
     figures.notes = format!(
         "{retryable} appends failed with Unavailable and were retried; relay took its lease {takeovers} times, never restarted"

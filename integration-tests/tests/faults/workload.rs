@@ -164,15 +164,15 @@ impl Writers {
     /// Stops and waits for the writers.
     pub(crate) async fn join(self) {
         self.stop();
-        for task in self.tasks {
-            task.await.expect("writer task");
-        }
+        self.finish().await;
     }
 
     /// Waits for the writers to finish their appends (a workload with `appends` set).
     pub(crate) async fn finish(self) {
         for task in self.tasks {
-            task.await.expect("writer task");
+            within("a writer", Duration::from_secs(300), task)
+                .await
+                .expect("writer task");
         }
     }
 }
@@ -194,14 +194,14 @@ pub(crate) fn spawn_writers(
                     .map(|_| (StreamId::new(), None))
                     .collect();
                 let mut i = 0u64;
-                while !stop.load(Ordering::SeqCst)
-                    && workload.appends.is_none_or(|n| i < n as u64)
+                while !stop.load(Ordering::SeqCst) && workload.appends.is_none_or(|n| i < n as u64)
                 {
                     let slot = i as usize % streams.len();
                     let (stream, version) = streams[slot];
                     let n = rand::random_range(1..=workload.max_batch.max(1)) as u64;
                     let events = (0..n).map(|k| event(stream, &run, i + k)).collect();
-                    let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                    let expected =
+                        version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
                     let Some(outcome) = append_until_acknowledged(
                         &*store,
                         &history,
@@ -227,6 +227,15 @@ pub(crate) fn spawn_writers(
     Writers { stop, tasks }
 }
 
+/// Awaits `fut`, failing the test with `what` if it takes longer than `limit` (a hang is a
+/// finding, not something to wait for forever).
+pub(crate) async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
 /// The consumer side: a durable consumer acking every delivery promptly.
 struct Collector {
     stop: Arc<AtomicBool>,
@@ -239,15 +248,18 @@ fn spawn_collector(mut consumer: NatsConsumer, consumed: Arc<Mutex<Consumed>>) -
         let stop = stop.clone();
         async move {
             while !stop.load(Ordering::SeqCst) {
-                match consumer.next_batch(512, Duration::from_millis(250)).await {
-                    Ok(batch) => {
+                let next = consumer.next_batch(512, Duration::from_millis(250));
+                match tokio::time::timeout(Duration::from_secs(10), next).await {
+                    Err(_) => eprintln!("faults: the consumer's fetch hung for 10 s"),
+                    Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+                    Ok(Ok(batch)) => {
                         for d in batch {
                             lock(&consumed).record(&d);
                             // A failed ack means a redelivery later (counted as such).
-                            let _ = consumer.settle(d.token, Settlement::Ack).await;
+                            let ack = consumer.settle(d.token, Settlement::Ack);
+                            let _ = tokio::time::timeout(Duration::from_secs(10), ack).await;
                         }
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
                 }
             }
         }
@@ -339,6 +351,17 @@ impl Run {
             .expect("spawn relay")
     }
 
+    /// Stops `relay` gracefully (in-flight acks, checkpoint saved); a relay that does not stop
+    /// fails the test.
+    pub(crate) async fn stop_relay(relay: RunningRelay) {
+        within(
+            "the relay's graceful stop",
+            Duration::from_secs(30),
+            relay.stop(),
+        )
+        .await;
+    }
+
     /// Starts writers with `workload`.
     pub(crate) fn writers(&self, workload: Workload) -> Writers {
         spawn_writers(
@@ -409,7 +432,13 @@ impl Run {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stored = self.stored().await;
         self.collector.stop.store(true, Ordering::SeqCst);
-        let _ = self.collector.task.await;
+        within(
+            "the consumer's stop",
+            Duration::from_secs(30),
+            self.collector.task,
+        )
+        .await
+        .expect("consumer task");
         let consumed = lock(&self.consumed);
         judge(fault, &self.history, &consumed, dead_lettered, stored)
     }
