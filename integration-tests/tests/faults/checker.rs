@@ -286,11 +286,12 @@ impl Figures {
             .recovery
             .map_or_else(|| "—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {dead}{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {dead}{} |",
             self.fault,
             self.attempted,
             self.acknowledged,
             self.indeterminate,
+            self.stored,
             self.consumed,
             self.lost,
             self.unexpected,
@@ -303,8 +304,8 @@ impl Figures {
     }
 }
 
-const HEADER: &str = "| fault | attempted | acknowledged | indeterminate | consumed | lost | unexpected | duplicated | redelivered | reordered | time to recover | notes |";
-const SEPARATOR: &str = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+const HEADER: &str = "| fault | attempted | acknowledged | indeterminate | published (in broker) | consumed | lost | unexpected | duplicated | redelivered | reordered | time to recover | notes |";
+const SEPARATOR: &str = "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 /// `target/faults-report.md` of the workspace (or `$CARGO_TARGET_DIR`).
 fn report_path() -> std::path::PathBuf {
