@@ -12,8 +12,14 @@
 //! - **duplicated**: one event id delivered as a *first* delivery more than once, i.e. stored
 //!   twice by the broker in spite of its deduplication; **redelivered** counts deliveries with
 //!   `attempt > 1` (an ack that did not reach the broker), which are harmless and reported apart;
-//! - **reordered**: per stream, a first delivery whose stream version is not the previous + 1
-//!   (versions dead-lettered on purpose skipped).
+//! - **reordered**: per stream, in the broker's stream (read back by sequence after the run), a
+//!   version that is not the previous + 1 (versions dead-lettered on purpose skipped): the
+//!   per-stream publication order the backbone guarantees. The consumer's first deliveries are
+//!   checked the same way and reported apart (**delivery out of order**): JetStream hands the
+//!   messages of a pull whose requester went away (a fetch given up during an outage) to a later
+//!   pull, behind newer ones, with the same delivery count — consumers see per-stream order only
+//!   modulo such re-queued messages, and must not rely on more.
+//! - The broker's copy is also checked for duplicates (an id stored twice).
 //!
 //! [`StoreError::Unavailable`]: edupulse_ports::StoreError::Unavailable
 
@@ -177,12 +183,16 @@ pub(crate) struct Figures {
     pub(crate) duplicated: u64,
     pub(crate) redelivered: u64,
     pub(crate) reordered: u64,
+    /// First deliveries to the consumer out of their stream's order (see `judge`).
+    pub(crate) delivery_out_of_order: u64,
     /// Events the relay dead-lettered on purpose (excluded from `lost`).
     pub(crate) dead_lettered: u64,
     /// From the fault healing to every event acknowledged before it being consumed.
     pub(crate) recovery: Option<Duration>,
     /// Free-form notes (retries seen, takeovers…).
     pub(crate) notes: String,
+    /// The first reorderings found, for the failure message.
+    pub(crate) reorder_examples: Vec<String>,
 }
 
 /// Judges a run: `history` against `consumed`. `dead_lettered` are ids the relay was expected
@@ -192,7 +202,7 @@ pub(crate) fn judge(
     history: &History,
     consumed: &Consumed,
     dead_lettered: &HashSet<EventId>,
-    stored: u64,
+    broker: &[(String, String, u64)],
 ) -> Figures {
     let h = lock(&history.inner);
     let lost = h
@@ -219,7 +229,36 @@ pub(crate) fn judge(
         .iter()
         .filter_map(|id| h.acknowledged.get(id).copied())
         .collect();
-    let mut reordered = consumed.unversioned;
+    // The broker's own order (stream sequence): the per-stream publication order the backbone
+    // guarantees. Each stream's versions must follow each other, dead letters skipped.
+    let skipped_text: HashSet<(String, u64)> =
+        skipped.iter().map(|(s, v)| (s.to_string(), *v)).collect();
+    let mut reordered = 0;
+    let mut examples = Vec::new();
+    let mut broker_last: HashMap<&str, u64> = HashMap::new();
+    let mut broker_ids: HashSet<&str> = HashSet::new();
+    let mut broker_duplicated = 0;
+    for (id, stream, version) in broker {
+        if !broker_ids.insert(id) {
+            broker_duplicated += 1;
+        }
+        let prev = broker_last.insert(stream, *version).unwrap_or(0);
+        let mut next = prev + 1;
+        while skipped_text.contains(&(stream.clone(), next)) {
+            next += 1;
+        }
+        if *version != next {
+            reordered += 1;
+            if examples.len() < 10 {
+                examples.push(format!(
+                    "broker: stream {stream}: version {version} stored after {prev}"
+                ));
+            }
+        }
+    }
+    // The consumer's delivery order: JetStream may hand a message back to a later pull (a pull
+    // whose requester went away), so this is reported, not a guarantee of the backbone.
+    let mut delivery_out_of_order = consumed.unversioned;
     for (stream, versions) in &consumed.versions {
         let mut prev = 0;
         for &version in versions {
@@ -228,7 +267,12 @@ pub(crate) fn judge(
                 next += 1;
             }
             if version != next {
-                reordered += 1;
+                delivery_out_of_order += 1;
+                if examples.len() < 10 {
+                    examples.push(format!(
+                        "delivery: stream {stream}: version {version} after {prev}"
+                    ));
+                }
             }
             prev = version;
         }
@@ -243,16 +287,18 @@ pub(crate) fn judge(
         attempted: h.attempted.len() as u64,
         acknowledged: h.acknowledged.len() as u64,
         indeterminate: h.ambiguous.len() as u64,
-        stored,
+        stored: broker.len() as u64,
         consumed: consumed.distinct() as u64,
         lost,
         unexpected,
-        duplicated,
+        duplicated: duplicated + broker_duplicated,
         redelivered,
         reordered,
+        delivery_out_of_order,
         dead_lettered: dead_lettered.len() as u64,
         recovery: None,
         notes: String::new(),
+        reorder_examples: examples,
     }
 }
 
@@ -265,6 +311,9 @@ impl Figures {
         println!("{HEADER}\n{SEPARATOR}\n{row}");
         eprintln!("faults: {row}");
         append_report(&row);
+        for example in &self.reorder_examples {
+            eprintln!("faults: {}: {example}", self.fault);
+        }
         assert!(self.acknowledged > 0, "nothing was acknowledged: {self:?}");
         assert_eq!(self.lost, 0, "lost events: {self:?}");
         assert_eq!(self.unexpected, 0, "unexpected events: {self:?}");
@@ -277,11 +326,17 @@ impl Figures {
     }
 
     fn row(&self) -> String {
-        let dead = if self.dead_lettered > 0 {
+        let mut dead = if self.dead_lettered > 0 {
             format!("{} dead-lettered on purpose; ", self.dead_lettered)
         } else {
             String::new()
         };
+        if self.delivery_out_of_order > 0 {
+            dead.push_str(&format!(
+                "{} first deliveries out of stream order (JetStream re-queued a pull's messages); ",
+                self.delivery_out_of_order
+            ));
+        }
         let recovery = self
             .recovery
             .map_or_else(|| "—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));

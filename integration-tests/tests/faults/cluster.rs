@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use edupulse_integration_tests::{fresh_database, start_nats_cluster, unique_name};
 
-use crate::workload::{Run, Workload, nats_config, pg_config, retry, soak_factor};
+use crate::workload::{Run, Workload, nats_config, pg_config, retry, soak_factor, wait_published};
 
 /// The index of node `nX` (the harness names the servers `n0`, `n1`, `n2`).
 fn node_index(server_name: &str) -> Option<usize> {
@@ -42,8 +42,7 @@ async fn r3_cluster_loses_the_stream_leader_mid_run() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2) * soak_factor()).await;
-    assert!(relay.stats.published.load(Ordering::Relaxed) > 0);
+    wait_published(&relay, 500 * u64::from(soak_factor())).await;
     // A crash, not a stop: no graceful hand-over while publishes are in flight.
     cluster.kill_node(leader).await;
     let lost = Instant::now();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use edupulse_integration_tests::{shared_nats, start_postgres};
 use edupulse_postgres::PgEventStore;
 
-use crate::workload::{Run, Workload, pg_config, soak_factor};
+use crate::workload::{Run, Workload, pg_config, soak_factor, wait_published};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_mid_load() {
@@ -26,8 +26,7 @@ async fn postgres_restarted_mid_load() {
     let writers = run.writers(Workload::default());
 
     let soak = soak_factor();
-    tokio::time::sleep(Duration::from_secs(2) * soak).await;
-    assert!(relay.stats.published.load(Ordering::Relaxed) > 0);
+    wait_published(&relay, 500 * u64::from(soak)).await;
     // Fast shutdown: sessions are terminated, in-flight appends fail (some after their commit).
     pg.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;

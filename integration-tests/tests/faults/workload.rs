@@ -236,6 +236,18 @@ pub(crate) async fn within<T>(what: &str, limit: Duration, fut: impl Future<Outp
     }
 }
 
+/// Waits until `relay` has published at least `n` events (the fault must land mid-run).
+pub(crate) async fn wait_published(relay: &RunningRelay, n: u64) {
+    let started = Instant::now();
+    while relay.stats.published.load(Ordering::Relaxed) < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the relay never published {n} events"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The consumer side: a durable consumer acking every delivery promptly.
 struct Collector {
     stop: Arc<AtomicBool>,
@@ -422,6 +434,69 @@ impl Run {
         .await
     }
 
+    /// What the broker stores in the run's stream, in stream sequence order: (event id, stream
+    /// id, stream version) from each message's headers. Read with an ephemeral consumer.
+    pub(crate) async fn broker_log(&self) -> Vec<(String, String, u64)> {
+        use async_nats::jetstream::consumer::pull::Config as PullConfig;
+        use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+        use edupulse_nats::headers;
+        use futures::StreamExt as _;
+
+        let expected = self.stored().await;
+        let js = edupulse_nats::jetstream_context(self.backbone.client.clone(), &self.nats);
+        let consumer = retry("create a reader", Duration::from_secs(60), || {
+            let (js, stream) = (js.clone(), self.nats.stream_name.clone());
+            async move {
+                let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+                s.create_consumer(PullConfig {
+                    ack_policy: AckPolicy::None,
+                    deliver_policy: DeliverPolicy::All,
+                    inactive_threshold: Duration::from_secs(30),
+                    num_replicas: 1,
+                    memory_storage: true,
+                    ..PullConfig::default()
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        let mut log = Vec::with_capacity(expected as usize);
+        let started = Instant::now();
+        while (log.len() as u64) < expected {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "reading the stream back timed out"
+            );
+            let Ok(mut batch) = consumer
+                .batch()
+                .max_messages(1000)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+            else {
+                continue;
+            };
+            while let Ok(Some(Ok(m))) =
+                tokio::time::timeout(Duration::from_secs(5), batch.next()).await
+            {
+                let header = |name: &str| {
+                    m.headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default()
+                };
+                log.push((
+                    header(headers::MSG_ID),
+                    header(headers::STREAM_ID),
+                    header(headers::STREAM_VERSION).parse().unwrap_or(0),
+                ));
+            }
+        }
+        log
+    }
+
     /// Waits for everything acknowledged (but `dead_lettered`) to be consumed, lets late
     /// duplicates arrive, stops the consumer and judges the run.
     pub(crate) async fn finish(self, fault: &str, dead_lettered: &HashSet<EventId>) -> Figures {
@@ -430,7 +505,7 @@ impl Run {
             .await;
         // A duplicate stored by the broker would arrive right behind: give it a moment.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let stored = self.stored().await;
+        let broker = self.broker_log().await;
         self.collector.stop.store(true, Ordering::SeqCst);
         within(
             "the consumer's stop",
@@ -440,6 +515,6 @@ impl Run {
         .await
         .expect("consumer task");
         let consumed = lock(&self.consumed);
-        judge(fault, &self.history, &consumed, dead_lettered, stored)
+        judge(fault, &self.history, &consumed, dead_lettered, &broker)
     }
 }
