@@ -216,9 +216,78 @@ where
     }
 }
 
+/// Where a delivery stands in its stream, for a projection that applies events in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPosition {
+    /// The next version of its stream: apply it.
+    Next,
+    /// Already applied (a redelivery): ack it without applying.
+    AlreadyApplied,
+    /// An earlier version of its stream has not arrived yet (redeliveries after an outage can
+    /// overtake): retry it shortly, do not apply it yet.
+    Early {
+        /// The version the stream is waiting for.
+        waiting_for: u64,
+    },
+}
+
+/// Per-stream order at the consumer.
+///
+/// The broker stores each stream in order, and a consumer normally receives it in order; but a
+/// message redelivered after an outage (an abandoned pull, a lost ack) arrives after later ones.
+/// A projection that must apply a stream strictly in order keeps the last version it applied per
+/// stream and asks this guard what to do with each delivery. Unbounded memory: one entry per
+/// stream seen; a real projection keeps this state in its own store, next to what it projects.
+#[derive(Debug, Default, Clone)]
+pub struct StreamOrderGuard {
+    applied: std::collections::HashMap<edupulse_domain::StreamId, u64>,
+}
+
+impl StreamOrderGuard {
+    /// Classifies `version` of `stream`. For [`StreamPosition::Next`], call
+    /// [`StreamOrderGuard::applied`] once the event is applied.
+    ///
+    /// A stream this guard has not seen is expected to start at version 1: start a projection
+    /// from the beginning of the broker's stream, or seed the guard with what was applied before.
+    pub fn classify(&self, stream: edupulse_domain::StreamId, version: u64) -> StreamPosition {
+        let last = self.applied.get(&stream).copied().unwrap_or(0);
+        if version <= last {
+            StreamPosition::AlreadyApplied
+        } else if version == last + 1 {
+            StreamPosition::Next
+        } else {
+            StreamPosition::Early {
+                waiting_for: last + 1,
+            }
+        }
+    }
+
+    /// Records that `version` of `stream` was applied.
+    pub fn applied(&mut self, stream: edupulse_domain::StreamId, version: u64) {
+        let last = self.applied.entry(stream).or_insert(0);
+        *last = (*last).max(version);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn order_guard_applies_in_order_skips_duplicates_and_holds_early_ones() {
+        let s = edupulse_domain::StreamId::new();
+        let mut guard = StreamOrderGuard::default();
+        assert_eq!(guard.classify(s, 1), StreamPosition::Next);
+        guard.applied(s, 1);
+        assert_eq!(
+            guard.classify(s, 3),
+            StreamPosition::Early { waiting_for: 2 }
+        );
+        assert_eq!(guard.classify(s, 1), StreamPosition::AlreadyApplied);
+        assert_eq!(guard.classify(s, 2), StreamPosition::Next);
+        guard.applied(s, 2);
+        assert_eq!(guard.classify(s, 3), StreamPosition::Next);
+    }
 
     #[test]
     fn policy_backs_off_then_dead_letters() {

@@ -47,7 +47,7 @@ pub mod memory;
 pub use checkpoint::{Checkpoint, CheckpointStore};
 pub use consumer::{
     ConsumeError, Delivery, DeliveryToken, EventConsumer, EventHandler, HandlerError, RetryPolicy,
-    Settlement,
+    Settlement, StreamOrderGuard, StreamPosition,
 };
 pub use error::{BoxError, PublishError, StoreError};
 pub use lease::{Lease, LeaseProvider};
