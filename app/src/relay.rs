@@ -14,7 +14,10 @@
 //! - **Latency and throughput.** Idle, the relay waits for a commit hint ([`CommitHints`], e.g.
 //!   PostgreSQL NOTIFY) or the poll interval, so an event is published milliseconds after commit.
 //!   Behind, it reads pages of `batch_size` and reads the next page while the current one is being
-//!   published.
+//!   published. Checkpoints are saved off the publishing path (a companion future saves the latest
+//!   acknowledged cursor; a save is a commit, and waiting for its WAL flush after every batch
+//!   delayed the next one), and the store's head (for the lag metric) is read at most once a
+//!   second when idle.
 //! - **Broker failures** are retried forever with exponential backoff and jitter (never giving up
 //!   silently), capped at `backoff_max`, which must stay well below the broker's duplicate window
 //!   so that a retry of an ambiguous publish is still deduplicated. Lag is exported as a metric
@@ -149,7 +152,10 @@ pub struct ReplayReport {
     pub dead_letters: u64,
 }
 
-/// Why a batch could not be fully settled.
+/// How often, at most, the idle relay reads the store's head for the lag metric.
+const HEAD_REFRESH: Duration = Duration::from_secs(1);
+
+/// Why a batch could not be fully settled, or why the active loop ended.
 enum Interrupted {
     /// Cancellation was requested while waiting to retry.
     Shutdown,
@@ -231,20 +237,77 @@ impl Relay {
     }
 
     /// The active loop. Returns on shutdown (after saving) or when the lease is lost.
+    ///
+    /// Checkpoints are saved by a companion future, off the publishing path: a save is a
+    /// PostgreSQL commit (a WAL flush), and waiting for it after every batch would delay the next
+    /// batch by that much. The saver always writes the latest acknowledged cursor (intermediate
+    /// ones are skipped), so at most one save is in flight and a crash re-publishes at most what
+    /// was acknowledged since the last save (deduplicated by the broker).
     async fn publish_while_active(&self, lease: &dyn Lease, shutdown: &CancellationToken) {
-        let mut cursor = match self.load_checkpoint(lease, shutdown).await {
+        let cursor = match self.load_checkpoint(lease, shutdown).await {
             Some(c) => c,
             None => return,
         };
         self.stats
             .checkpoint_position
             .store(cursor.position, Ordering::Relaxed);
+        let (acked, acked_rx) = tokio::sync::watch::channel(cursor);
+        let lease_lost = AtomicBool::new(false);
+        let work = async {
+            let exit = self.active_loop(lease, shutdown, cursor, &acked).await;
+            if matches!(exit, Interrupted::LeaseLost) {
+                // Another relay may be active already: save nothing more.
+                lease_lost.store(true, Ordering::SeqCst);
+                self.lost();
+            }
+            drop(acked);
+        };
+        tokio::join!(work, self.save_in_background(cursor, acked_rx, &lease_lost));
+    }
+
+    /// Saves the latest cursor sent on `acked` (beyond `saved`, the checkpoint loaded) until its
+    /// sender is dropped (then saves the last one), unless the lease was lost.
+    async fn save_in_background(
+        &self,
+        mut saved: Cursor,
+        mut acked: tokio::sync::watch::Receiver<Cursor>,
+        lease_lost: &AtomicBool,
+    ) {
+        loop {
+            let open = acked.changed().await.is_ok();
+            if lease_lost.load(Ordering::SeqCst) {
+                return;
+            }
+            let latest = *acked.borrow_and_update();
+            if latest > saved {
+                self.save_checkpoint(latest).await;
+                saved = latest;
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+
+    /// Reads and publishes until shutdown (everything acknowledged handed to the saver) or the
+    /// loss of the lease.
+    async fn active_loop(
+        &self,
+        lease: &dyn Lease,
+        shutdown: &CancellationToken,
+        mut cursor: Cursor,
+        acked: &tokio::sync::watch::Sender<Cursor>,
+    ) -> Interrupted {
         let mut hints: Option<BoxStream<'static, ()>> = None;
         let mut failures = 0u32;
         let mut next_page: Option<Vec<RecordedEvent>> = None;
+        let mut head_refreshed: Option<std::time::Instant> = None;
         loop {
-            if shutdown.is_cancelled() || !lease.is_held() {
-                return;
+            if shutdown.is_cancelled() {
+                return Interrupted::Shutdown;
+            }
+            if !lease.is_held() {
+                return Interrupted::LeaseLost;
             }
             if hints.is_none() {
                 hints = self.ports.hints.subscribe().await.ok();
@@ -263,8 +326,8 @@ impl Relay {
                 Err(e) => {
                     self.note_store_error("read", &e);
                     failures += 1;
-                    if self.backoff(failures, lease, shutdown).await.is_err() {
-                        return;
+                    if let Err(why) = self.backoff(failures, lease, shutdown).await {
+                        return why;
                     }
                     continue;
                 }
@@ -272,7 +335,12 @@ impl Relay {
             failures = 0;
             self.stats.beat();
             if page.is_empty() {
-                self.refresh_head().await;
+                // The head is for the lag metric only; reading it costs a query (an aggregate on
+                // the events table), so at most once per second, not every time the relay idles.
+                if head_refreshed.is_none_or(|t| t.elapsed() >= HEAD_REFRESH) {
+                    self.refresh_head().await;
+                    head_refreshed = Some(std::time::Instant::now());
+                }
                 // Idle: wait for a hint, the poll interval, shutdown or the loss of the lease.
                 let hint = async {
                     match hints.as_mut() {
@@ -285,8 +353,8 @@ impl Relay {
                     }
                 };
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = lease.lost() => return self.lost(),
+                    () = shutdown.cancelled() => return Interrupted::Shutdown,
+                    () = lease.lost() => return Interrupted::LeaseLost,
                     () = hint => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                 }
@@ -312,15 +380,15 @@ impl Relay {
             match settled {
                 Ok(()) => {
                     cursor = last;
-                    self.save_checkpoint(cursor).await;
+                    acked.send_replace(cursor);
                 }
                 Err((acked_to, Interrupted::Shutdown)) => {
                     if let Some(c) = acked_to {
-                        self.save_checkpoint(c).await;
+                        acked.send_replace(c);
                     }
-                    return;
+                    return Interrupted::Shutdown;
                 }
-                Err((_, Interrupted::LeaseLost)) => return self.lost(),
+                Err((_, Interrupted::LeaseLost)) => return Interrupted::LeaseLost,
             }
         }
     }
