@@ -33,6 +33,7 @@ mod load;
 mod raw;
 pub mod report;
 mod sys;
+mod timing;
 mod workload;
 
 pub use catchup::RelayMode;
@@ -271,7 +272,7 @@ impl Plan {
 /// Connections of the raw batched paths (phase 1, the ceiling, the backlog).
 const RAW_WRITERS: usize = 4;
 /// The end-to-end load: callers × events per call, over many aggregates.
-const E2E_CALLERS: usize = 16;
+const E2E_CALLERS: usize = 64;
 const E2E_BATCH: usize = 10;
 /// The relay's page size (the `relay` command's default).
 const RELAY_BATCH: usize = 2048;
@@ -497,7 +498,7 @@ async fn run_phases(
         row(
             "catchup",
             format!(
-                "5. relay catch-up, {} events over 10k aggregates ({:.1} s in all)",
+                "5. relay catch-up: {} events, 10k aggregates ({:.0} s in all)",
                 plan.backlog,
                 catch_up.total.elapsed.as_secs_f64()
             ),
@@ -512,16 +513,30 @@ async fn run_phases(
             let tip = catchup::tip(&raw_pool).await?;
             backbone.store.save(&relay_name, tip).await?;
         }
-        let running = spawn_relay(
-            backbone.relay(RelayConfig {
+        // The backbone's relay, its publisher wrapped to time commit → ack per event.
+        let committed: timing::Committed = Arc::default();
+        let commit_to_ack = Arc::new(crate::stats::LatencyHistogram::default());
+        let store = backbone.store.clone();
+        let relay = crate::relay::Relay::new(
+            crate::relay::RelayPorts {
+                store: store.clone(),
+                hints: store.clone(),
+                checkpoints: store.clone(),
+                leases: store,
+                publisher: Arc::new(timing::TimingPublisher {
+                    inner: Arc::new(backbone.publisher()),
+                    committed: committed.clone(),
+                    latency: commit_to_ack.clone(),
+                }),
+            },
+            RelayConfig {
                 name: relay_name,
                 batch_size: RELAY_BATCH,
                 poll_interval: Duration::from_millis(100),
                 ..RelayConfig::default()
-            }),
-            None,
-        )
-        .await?;
+            },
+        );
+        let running = spawn_relay(relay, None).await?;
         let stats = running.stats.clone();
         let drain = |target: u64| {
             let stats = stats.clone();
@@ -544,7 +559,8 @@ async fn run_phases(
             for rate in [1000.0, 5000.0] {
                 let base = stats.published.load(Ordering::Relaxed);
                 stats.commit_to_ack.reset();
-                let out = load::run(
+                commit_to_ack.reset();
+                let out = load::run_noting(
                     &backbone.store,
                     load::Load {
                         callers: 256,
@@ -553,10 +569,12 @@ async fn run_phases(
                         pace: Some(rate),
                         duration: plan.paced,
                     },
+                    Some(committed.clone()),
                 )
                 .await?;
                 drain(base + out.measured.events).await?;
-                let h = &stats.commit_to_ack;
+                let h = &commit_to_ack;
+                let insert = &stats.commit_to_ack;
                 latency.push(LatencyRow {
                     offered_rate: rate,
                     achieved_rate: out.measured.rate(),
@@ -564,9 +582,17 @@ async fn run_phases(
                     p99_ms: ms(h.quantile(0.99)),
                     max_ms: ms(h.max()),
                     samples: h.count(),
+                    insert_p50_ms: ms(insert.quantile(0.5)),
+                    insert_p99_ms: ms(insert.quantile(0.99)),
+                    append_p50_ms: ms(out.latency.quantile(0.5)),
                     append_p99_ms: ms(out.latency.quantile(0.99)),
                 });
+                committed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
                 eprintln!("  commit → ack at {rate}/s: {}", h.summary());
+                eprintln!("  insert → ack at {rate}/s: {}", insert.summary());
             }
             // End to end at full speed.
             let base = stats.published.load(Ordering::Relaxed);
@@ -656,8 +682,10 @@ fn notes(plan: &Plan) -> Vec<String> {
         "catch-up is timed from the relay's first saved checkpoint (after its first page) to \
          caught up; the relay runs as `edupulse-events relay` in its own process unless noted"
             .into(),
-        "commit → ack runs from the row's recorded_at (clock_timestamp() at insert, so the \
-         commit itself is included) to JetStream's acknowledgement"
+        "commit → ack runs from the moment `append` returned (committed) to the moment the \
+         relay's publish returned with JetStream's ack; insert → ack (the relay's own metric) \
+         runs from the row's recorded_at (clock_timestamp() at insert), so it also includes the \
+         commit's WAL flush (see append p50/p99)"
             .into(),
         "end to end: appenders through the store (group commit) at full speed over many \
          aggregates while the relay publishes; timed until the last event is acknowledged"

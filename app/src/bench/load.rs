@@ -30,6 +30,9 @@ pub(crate) struct Load {
     pub(crate) duration: Duration,
 }
 
+/// Where paced appenders note when each event's `append` returned.
+pub(crate) type Committed = Option<super::timing::Committed>;
+
 /// What a load did.
 pub(crate) struct LoadResult {
     /// Events appended and the time until the last call returned.
@@ -40,8 +43,17 @@ pub(crate) struct LoadResult {
 
 /// Runs `load` against `store`.
 pub(crate) async fn run(store: &Arc<PgEventStore>, load: Load) -> Result<LoadResult, BenchError> {
+    run_noting(store, load, None).await
+}
+
+/// Runs `load`; paced appenders note when each event's `append` returned in `committed`.
+pub(crate) async fn run_noting(
+    store: &Arc<PgEventStore>,
+    load: Load,
+    committed: Committed,
+) -> Result<LoadResult, BenchError> {
     if let Some(rate) = load.pace {
-        return paced(store, load, rate).await;
+        return paced(store, load, rate, committed).await;
     }
     let latency = Arc::new(LatencyHistogram::default());
     let started = Instant::now();
@@ -101,7 +113,12 @@ pub(crate) async fn run(store: &Arc<PgEventStore>, load: Load) -> Result<LoadRes
 
 /// Open loop: one call (of `load.batch` events, to a new aggregate) per tick at `rate` events per
 /// second, each in a task of its own, so a slow call does not lower the offered rate.
-async fn paced(store: &Arc<PgEventStore>, load: Load, rate: f64) -> Result<LoadResult, BenchError> {
+async fn paced(
+    store: &Arc<PgEventStore>,
+    load: Load,
+    rate: f64,
+    committed: Committed,
+) -> Result<LoadResult, BenchError> {
     let latency = Arc::new(LatencyHistogram::default());
     let limit = Arc::new(tokio::sync::Semaphore::new(load.callers.max(1)));
     let calls_per_sec = rate / load.batch.max(1) as f64;
@@ -119,14 +136,23 @@ async fn paced(store: &Arc<PgEventStore>, load: Load, rate: f64) -> Result<LoadR
         };
         let stream = StreamId::new();
         let batch = super::workload::batch(stream, load.batch.max(1), &mut rng);
-        let (store, latency) = (store.clone(), latency.clone());
+        let (store, latency, committed) = (store.clone(), latency.clone(), committed.clone());
         tasks.spawn(async move {
             let _permit = permit;
             let t0 = Instant::now();
             let out = store
                 .append(stream, ExpectedVersion::NoStream, batch)
                 .await?;
-            latency.record(t0.elapsed());
+            let now = Instant::now();
+            latency.record(now - t0);
+            if let Some(committed) = committed {
+                let mut committed = committed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for e in &out.events {
+                    committed.insert(e.id, now);
+                }
+            }
             Ok::<_, BenchError>(out.events.len() as u64)
         });
     }

@@ -46,6 +46,12 @@ pub struct LatencyRow {
     pub max_ms: f64,
     /// Events measured.
     pub samples: u64,
+    /// Insert → ack (from the row's `recorded_at`, the relay's own metric), p50, ms.
+    pub insert_p50_ms: f64,
+    /// Insert → ack, p99, ms.
+    pub insert_p99_ms: f64,
+    /// Latency of the `append` calls themselves, p50, ms.
+    pub append_p50_ms: f64,
     /// Latency of the `append` calls themselves, p99, ms.
     pub append_p99_ms: f64,
 }
@@ -118,7 +124,7 @@ impl BenchReport {
         );
         let _ = writeln!(
             out,
-            "{:<62} {:>10} {:>8} {:>8} {:>8} {:>8}  {:>22}",
+            "{:<66} {:>10} {:>8} {:>8} {:>8} {:>8}  {:>22}",
             "throughput",
             "events/s",
             "/rawPG",
@@ -127,12 +133,12 @@ impl BenchReport {
             "events",
             "CPU µs/ev cli/pg/nats"
         );
-        let _ = writeln!(out, "{}", "-".repeat(136));
+        let _ = writeln!(out, "{}", "-".repeat(140));
         let us = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"));
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{:<62} {:>10.0} {:>7.0}% {:>7.0}% {:>7.2}x {:>8}  {:>22}",
+                "{:<66} {:>10.0} {:>7.0}% {:>7.0}% {:>7.2}x {:>8}  {:>22}",
                 r.label,
                 r.rate,
                 r.vs_raw_pg * 100.0,
@@ -149,26 +155,28 @@ impl BenchReport {
         }
         let _ = writeln!(
             out,
-            "\n{:<40} {:>10} {:>9} {:>9} {:>9} {:>9} {:>12}",
-            "commit → ack (relay running)",
+            "\n{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>18} {:>16}",
+            "6. commit → ack (relay running)",
             "achieved/s",
             "p50 ms",
             "p99 ms",
             "max ms",
             "samples",
-            "append p99"
+            "insert→ack p50/99",
+            "append p50/p99"
         );
         for l in &self.latency {
             let _ = writeln!(
                 out,
-                "{:<40} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>9.2} ms",
-                format!("  paced at {:.0} events/s", l.offered_rate),
+                "{:<34} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>18} {:>16}",
+                format!("   paced at {:.0} events/s", l.offered_rate),
                 l.achieved_rate,
                 l.p50_ms,
                 l.p99_ms,
                 l.max_ms,
                 l.samples,
-                l.append_p99_ms
+                format!("{:.1}/{:.1} ms", l.insert_p50_ms, l.insert_p99_ms),
+                format!("{:.1}/{:.1} ms", l.append_p50_ms, l.append_p99_ms)
             );
         }
         let _ = writeln!(

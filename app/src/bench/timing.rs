@@ -1,0 +1,44 @@
+//! Commit → acknowledgement, measured from the moment the appender's `append` returned (the commit
+//! is done and acknowledged to the caller) to the moment the relay's publish of the event returned
+//! with JetStream's acknowledgement. The relay's own histogram starts earlier, at the row's
+//! `recorded_at` (the insert, before the WAL flush), so it includes the commit itself.
+
+use crate::stats::LatencyHistogram;
+use async_trait::async_trait;
+use edupulse_domain::EventId;
+use edupulse_ports::{EventPublisher, PublishResult, RecordedEvent};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+/// When each measured event's `append` returned; events not in it are not measured.
+pub(crate) type Committed = Arc<Mutex<HashMap<EventId, Instant>>>;
+
+/// A publisher that records, for each event in [`Committed`], the time from commit to ack.
+pub(crate) struct TimingPublisher {
+    pub(crate) inner: Arc<dyn EventPublisher>,
+    pub(crate) committed: Committed,
+    pub(crate) latency: Arc<LatencyHistogram>,
+}
+
+#[async_trait]
+impl EventPublisher for TimingPublisher {
+    async fn publish(&self, events: &[RecordedEvent]) -> Vec<PublishResult> {
+        let results = self.inner.publish(events).await;
+        let now = Instant::now();
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !committed.is_empty() {
+            for (event, result) in events.iter().zip(&results) {
+                if result.is_ok()
+                    && let Some(at) = committed.remove(&event.envelope.id)
+                {
+                    self.latency.record(now.saturating_duration_since(at));
+                }
+            }
+        }
+        results
+    }
+}
