@@ -73,7 +73,9 @@ image_label() { # image label -> value, or empty when the image is missing
     docker image inspect -f "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true
 }
 
-PG_RECIPE_HASH="$(printf '%s\n' "${PG_RECIPE[@]}" | cat - "$ROOT/docker/postgres/slim.sh" | sha)"
+# The recipe names files by absolute path; hash it with the checkout's location left out, so
+# that every clone (CI's included) agrees on the hash and finds the images up to date.
+PG_RECIPE_HASH="$(printf '%s\n' "${PG_RECIPE[@]}" | sed "s|$ROOT|@ROOT@|g" | cat - "$ROOT/docker/postgres/slim.sh" | sha)"
 NATS_RECIPE_HASH="$(printf '%s\n' "${NATS_RECIPE[@]}" | sha)"
 PG_HASH="$(context_hash "$ROOT/docker/postgres" "$PG_RECIPE_HASH")"
 NATS_HASH="$(context_hash "$ROOT/docker/nats" "$NATS_RECIPE_HASH")"
