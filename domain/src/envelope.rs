@@ -120,7 +120,13 @@ impl EventEnvelope {
 
     /// Compact JSON in the seed's format.
     pub fn encode(&self) -> Vec<u8> {
-        let wire = Wire {
+        // Every field is plain data with string keys and finite numbers: this cannot fail.
+        serde_json::to_vec(&self.wire()).unwrap_or_default()
+    }
+
+    /// The wire form (the seed's field names and nesting).
+    fn wire(&self) -> Wire<'_> {
+        Wire {
             id: self.id,
             aggregate_id: self.aggregate_id,
             occurred_at: self.occurred_at,
@@ -130,9 +136,7 @@ impl EventEnvelope {
                 event_type: self.event_type(),
                 payload: self.event.payload(),
             },
-        };
-        // Every field is plain data with string keys and finite numbers: this cannot fail.
-        serde_json::to_vec(&wire).unwrap_or_default()
+        }
     }
 
     /// Decodes untrusted bytes with the default [`DecodeLimits`].
@@ -156,18 +160,7 @@ impl EventEnvelope {
 
 impl Serialize for EventEnvelope {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Wire {
-            id: self.id,
-            aggregate_id: self.aggregate_id,
-            occurred_at: self.occurred_at,
-            version: self.schema_version(),
-            metadata: &self.metadata,
-            event: WireEvent {
-                event_type: self.event_type(),
-                payload: self.event.payload(),
-            },
-        }
-        .serialize(s)
+        self.wire().serialize(s)
     }
 }
 

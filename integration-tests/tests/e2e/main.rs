@@ -161,6 +161,30 @@ async fn append_rounds(
     }
 }
 
+/// The service's "publish lesson" command: its own row and the event in one transaction, left
+/// open for the caller to commit or roll back.
+async fn publish_lesson(
+    pool: &sqlx::PgPool,
+    lesson: Uuid,
+    event: EventEnvelope,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query("UPDATE lessons SET published = true WHERE id = $1")
+        .bind(lesson)
+        .execute(&mut *tx)
+        .await
+        .expect("update");
+    edupulse_postgres::append_in_transaction(
+        &mut tx,
+        StreamId::from_uuid(lesson),
+        ExpectedVersion::NoStream,
+        vec![event],
+    )
+    .await
+    .expect("append in tx");
+    tx
+}
+
 fn assert_exactly_once(ids: &HashSet<EventId>, seen: &HashMap<EventId, u32>, reordered: u64) {
     let lost = ids.iter().filter(|id| !seen.contains_key(id)).count();
     let duplicated = seen.values().filter(|&&n| n > 1).count();
@@ -201,38 +225,12 @@ async fn caller_transaction_commit_publishes_and_rollback_does_not() {
 
     // Rolled back: neither the row change nor the event.
     let rolled_back = publish("Never published");
-    let mut tx = pool.begin().await.expect("begin");
-    sqlx::query("UPDATE lessons SET published = true WHERE id = $1")
-        .bind(lesson)
-        .execute(&mut *tx)
-        .await
-        .expect("update");
-    edupulse_postgres::append_in_transaction(
-        &mut tx,
-        stream,
-        ExpectedVersion::NoStream,
-        vec![rolled_back.clone()],
-    )
-    .await
-    .expect("append in tx");
+    let tx = publish_lesson(&pool, lesson, rolled_back.clone()).await;
     tx.rollback().await.expect("rollback");
 
     // Committed: both.
     let committed = publish("Published for real");
-    let mut tx = pool.begin().await.expect("begin");
-    sqlx::query("UPDATE lessons SET published = true WHERE id = $1")
-        .bind(lesson)
-        .execute(&mut *tx)
-        .await
-        .expect("update");
-    edupulse_postgres::append_in_transaction(
-        &mut tx,
-        stream,
-        ExpectedVersion::NoStream,
-        vec![committed.clone()],
-    )
-    .await
-    .expect("append in tx");
+    let tx = publish_lesson(&pool, lesson, committed.clone()).await;
     tx.commit().await.expect("commit");
 
     let name = unique_name("relay");
