@@ -275,7 +275,7 @@ const RAW_WRITERS: usize = 4;
 const E2E_CALLERS: usize = 64;
 const E2E_BATCH: usize = 10;
 /// The relay's page size (the `relay` command's default).
-const RELAY_BATCH: usize = 2048;
+const RELAY_BATCH: usize = crate::relay::DEFAULT_BATCH_SIZE;
 
 #[allow(clippy::too_many_lines)]
 async fn run_phases(

@@ -155,7 +155,7 @@ pub struct RelayArgs {
     #[arg(long, env = "EDUPULSE_RELAY_NAME", default_value = "default")]
     pub name: String,
     /// Events per publish batch when catching up.
-    #[arg(long, env = "EDUPULSE_RELAY_BATCH", default_value_t = 2048)]
+    #[arg(long, env = "EDUPULSE_RELAY_BATCH", default_value_t = crate::relay::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Longest wait between reads when no commit hint arrives, in milliseconds.
     #[arg(long, env = "EDUPULSE_RELAY_POLL_MS", default_value_t = 500)]

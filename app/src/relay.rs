@@ -59,6 +59,11 @@ pub struct RelayPorts {
     pub publisher: Arc<dyn EventPublisher>,
 }
 
+/// Events per page by default. Each page ends with the in-flight window draining (the acks of the
+/// last events), so larger pages keep the broker busier; two pages are in memory at once (one
+/// publishing, one read ahead), which bounds the relay's memory.
+pub const DEFAULT_BATCH_SIZE: usize = 4096;
+
 /// How the relay behaves.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -83,7 +88,7 @@ impl Default for RelayConfig {
         Self {
             name: "default".into(),
             holder: format!("pid {}", std::process::id()),
-            batch_size: 2048,
+            batch_size: DEFAULT_BATCH_SIZE,
             poll_interval: Duration::from_millis(500),
             lease_retry: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
