@@ -134,7 +134,7 @@ impl EventEnvelope {
             metadata: &self.metadata,
             event: WireEvent {
                 event_type: self.event_type(),
-                payload: self.event.payload(),
+                payload: PayloadRef(&self.event),
             },
         }
     }
@@ -186,7 +186,17 @@ struct Wire<'a> {
 struct WireEvent<'a> {
     #[serde(rename = "type")]
     event_type: &'a str,
-    payload: Value,
+    payload: PayloadRef<'a>,
+}
+
+/// Serializes an event's payload straight from its typed value: no intermediate JSON tree on the
+/// relay's hot path (every published event is encoded once).
+struct PayloadRef<'a>(&'a DomainEvent);
+
+impl Serialize for PayloadRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_payload(s)
+    }
 }
 
 /// An envelope as it is on the wire, before upcasting and validation.

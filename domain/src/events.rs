@@ -220,6 +220,17 @@ macro_rules! kinds {
                 }
             }
 
+            /// Serializes the payload, as [`DomainEvent::payload`] would produce it.
+            pub(crate) fn serialize_payload<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> Result<S::Ok, S::Error> {
+                match self {
+                    $(DomainEvent::$ty(e) => e.serialize(s),)*
+                    DomainEvent::Unknown(u) => u.payload.serialize(s),
+                }
+            }
+
             /// Decodes a payload of the current schema version of a known type; `None` if the
             /// type is not known to this build.
             pub(crate) fn decode_current(
