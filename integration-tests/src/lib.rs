@@ -81,3 +81,22 @@ pub use nats::{NatsContainer, shared_nats, start_nats, start_nats_with_args, uni
 pub use postgres::{
     PgContainer, TestDb, fresh_database, shared_postgres, start_postgres, start_postgres_with_args,
 };
+
+/// Event `i` of `stream` for tests: lessons and badges alternate, so both payload shapes (with
+/// and without text) travel through every suite.
+pub fn sample_event(stream: edupulse_domain::StreamId, i: u64) -> edupulse_domain::EventEnvelope {
+    use edupulse_domain::{BadgeAwarded, EventEnvelope, LessonPublished, LessonTitle, Uuid};
+    let envelope = if i.is_multiple_of(2) {
+        EventEnvelope::new(LessonPublished {
+            lesson_id: *stream.as_uuid(),
+            author_id: Uuid::new_v4(),
+            title: LessonTitle::new(format!("Lesson {i}")).expect("a numbered title is valid"),
+        })
+    } else {
+        EventEnvelope::new(BadgeAwarded {
+            badge_id: Uuid::new_v4(),
+            recipient_id: *stream.as_uuid(),
+        })
+    };
+    envelope.with_stream(stream)
+}

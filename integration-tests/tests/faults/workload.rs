@@ -10,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use edupulse_app::relay::RelayConfig;
 use edupulse_app::wiring::{Backbone, RunningRelay, spawn_relay};
-use edupulse_domain::{
-    BadgeAwarded, EventEnvelope, EventId, ExpectedVersion, LessonPublished, LessonTitle, Metadata,
-    StreamId, Uuid,
-};
+use edupulse_domain::{EventEnvelope, EventId, ExpectedVersion, Metadata, StreamId};
 use edupulse_integration_tests::unique_name;
 use edupulse_nats::{NatsConfig, NatsConsumer};
 use edupulse_ports::{AppendOutcome, EventAppender, EventConsumer, Settlement};
@@ -72,19 +69,7 @@ pub(crate) fn relay_config(name: &str) -> RelayConfig {
 pub(crate) fn event(stream: StreamId, run: &str, i: u64) -> EventEnvelope {
     let mut metadata = Metadata::default();
     metadata.extra.insert(RUN_KEY.to_owned(), run.into());
-    let envelope = if i.is_multiple_of(2) {
-        EventEnvelope::new(LessonPublished {
-            lesson_id: *stream.as_uuid(),
-            author_id: Uuid::new_v4(),
-            title: LessonTitle::new(format!("Lesson {i}")).expect("title"),
-        })
-    } else {
-        EventEnvelope::new(BadgeAwarded {
-            badge_id: Uuid::new_v4(),
-            recipient_id: *stream.as_uuid(),
-        })
-    };
-    envelope.with_stream(stream).with_metadata(metadata)
+    edupulse_integration_tests::sample_event(stream, i).with_metadata(metadata)
 }
 
 /// Appends until the store acknowledges: a retryable failure is ambiguous (recorded as such)

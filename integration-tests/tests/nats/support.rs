@@ -11,10 +11,7 @@ use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use bytes::Bytes;
-use edupulse_domain::{
-    BadgeAwarded, ContextId, EventEnvelope, LessonPublished, LessonTitle, Metadata, StreamId,
-    TraceParent, Uuid,
-};
+use edupulse_domain::{ContextId, EventEnvelope, Metadata, StreamId, TraceParent, Uuid};
 use edupulse_integration_tests::unique_name;
 use edupulse_nats::{
     NatsConfig, NatsPublisher, ProvisionError, connect, headers, jetstream_context, provision,
@@ -86,19 +83,7 @@ pub(crate) fn metadata(i: u64) -> Metadata {
 
 /// An event of `stream`, alternating lessons and badges.
 pub(crate) fn envelope(stream: StreamId, i: u64) -> EventEnvelope {
-    let envelope = if i.is_multiple_of(2) {
-        EventEnvelope::new(LessonPublished {
-            lesson_id: *stream.as_uuid(),
-            author_id: Uuid::new_v4(),
-            title: LessonTitle::new(format!("Lesson {i}")).expect("title"),
-        })
-    } else {
-        EventEnvelope::new(BadgeAwarded {
-            badge_id: Uuid::new_v4(),
-            recipient_id: *stream.as_uuid(),
-        })
-    };
-    envelope.with_stream(stream).with_metadata(metadata(i))
+    edupulse_integration_tests::sample_event(stream, i).with_metadata(metadata(i))
 }
 
 /// `per_stream` events in each of `streams` streams, interleaved round robin (as concurrent
