@@ -169,11 +169,19 @@ enum Interrupted {
     LeaseLost,
 }
 
+/// Metric handles updated once per event.
+struct EventMetrics {
+    published: metrics::Counter,
+    duplicates: metrics::Counter,
+    commit_to_ack: metrics::Histogram,
+}
+
 /// The relay use case. See the module documentation.
 pub struct Relay {
     ports: RelayPorts,
     config: RelayConfig,
     stats: Arc<RelayStats>,
+    handles: std::sync::OnceLock<EventMetrics>,
 }
 
 impl Relay {
@@ -183,6 +191,7 @@ impl Relay {
             ports,
             config,
             stats: Arc::default(),
+            handles: std::sync::OnceLock::new(),
         }
     }
 
@@ -549,18 +558,25 @@ impl Relay {
     }
 
     fn acked(&self, event: &RecordedEvent, duplicate: bool) {
+        // Per-event metrics go through handles taken once: the `metrics` macros look the metric
+        // up in the registry (hash and lock) at every call, which showed on the catch-up path.
+        // Taken at first use, i.e. once running, after the exporter was installed.
+        let handles = self.handles.get_or_init(|| EventMetrics {
+            published: metrics::counter!("edupulse_relay_published_total"),
+            duplicates: metrics::counter!("edupulse_relay_duplicates_total"),
+            commit_to_ack: metrics::histogram!("edupulse_relay_commit_to_ack_seconds"),
+        });
         if duplicate {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("edupulse_relay_duplicates_total").increment(1);
+            handles.duplicates.increment(1);
         } else {
             self.stats.published.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("edupulse_relay_published_total").increment(1);
+            handles.published.increment(1);
             let latency = (Utc::now() - event.recorded_at)
                 .to_std()
                 .unwrap_or_default();
             self.stats.commit_to_ack.record(latency);
-            metrics::histogram!("edupulse_relay_commit_to_ack_seconds")
-                .record(latency.as_secs_f64());
+            handles.commit_to_ack.record(latency.as_secs_f64());
         }
     }
 
