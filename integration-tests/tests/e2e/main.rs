@@ -261,15 +261,7 @@ async fn graceful_stop_saves_the_checkpoint_and_restart_resumes() {
     let name = unique_name("relay");
     let stream = StreamId::new();
     let mut ids = HashSet::new();
-    for _ in 0..50 {
-        let e = badge(stream);
-        ids.insert(e.id);
-        backbone
-            .store
-            .append(stream, ExpectedVersion::Any, vec![e])
-            .await
-            .expect("append");
-    }
+    append_rounds(&backbone, &[stream], &mut ids, 50).await;
     let relay = spawn_relay(backbone.relay(fast_relay(&name)), None)
         .await
         .expect("relay");
@@ -297,15 +289,7 @@ async fn graceful_stop_saves_the_checkpoint_and_restart_resumes() {
     );
 
     // More events while no relay runs; a new relay resumes from the checkpoint.
-    for _ in 0..25 {
-        let e = badge(stream);
-        ids.insert(e.id);
-        backbone
-            .store
-            .append(stream, ExpectedVersion::Any, vec![e])
-            .await
-            .expect("append");
-    }
+    append_rounds(&backbone, &[stream], &mut ids, 25).await;
     let relay = spawn_relay(backbone.relay(fast_relay(&name)), None)
         .await
         .expect("relay again");

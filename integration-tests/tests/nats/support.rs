@@ -196,6 +196,17 @@ impl Stored {
     pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.headers.get(name).map(|v| v.as_str().to_owned())
     }
+
+    /// The stream id and stream version headers (every event carries both).
+    pub(crate) fn stream_and_version(&self) -> (String, u64) {
+        let stream = self.header(headers::STREAM_ID).expect("stream id");
+        let version = self
+            .header(headers::STREAM_VERSION)
+            .expect("version")
+            .parse()
+            .expect("number");
+        (stream, version)
+    }
 }
 
 /// Every message of stream `name`, in stream order (read with an ephemeral consumer).
@@ -283,12 +294,7 @@ pub(crate) fn assert_exactly_once_in_order(stored: &[Stored], events: &[Recorded
     assert_stream_prefixes(stored);
     let mut versions: HashMap<String, u64> = HashMap::new();
     for m in stored {
-        let stream = m.header(headers::STREAM_ID).expect("stream id");
-        let version: u64 = m
-            .header(headers::STREAM_VERSION)
-            .expect("version")
-            .parse()
-            .expect("number");
+        let (stream, version) = m.stream_and_version();
         versions.insert(stream, version);
     }
     versions.len()
@@ -300,12 +306,7 @@ pub(crate) fn assert_exactly_once_in_order(stored: &[Stored], events: &[Recorded
 pub(crate) fn assert_stream_prefixes(stored: &[Stored]) {
     let mut last: HashMap<String, u64> = HashMap::new();
     for m in stored {
-        let stream = m.header(headers::STREAM_ID).expect("stream id");
-        let version: u64 = m
-            .header(headers::STREAM_VERSION)
-            .expect("version")
-            .parse()
-            .expect("number");
+        let (stream, version) = m.stream_and_version();
         let previous = last.insert(stream.clone(), version).unwrap_or(0);
         assert_eq!(
             version,
