@@ -124,6 +124,25 @@ impl EventEnvelope {
         serde_json::to_vec(&self.wire()).unwrap_or_default()
     }
 
+    /// The length of [`EventEnvelope::encode`]'s output, without building it: for size checks
+    /// on the append path, where the bytes themselves are not needed.
+    pub fn encoded_len(&self) -> usize {
+        struct Counter(usize);
+        impl std::io::Write for Counter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut counter = Counter(0);
+        // As in `encode`, serializing this plain data cannot fail.
+        let _ = serde_json::to_writer(&mut counter, &self.wire());
+        counter.0
+    }
+
     /// The wire form (the seed's field names and nesting).
     fn wire(&self) -> Wire<'_> {
         Wire {
@@ -394,6 +413,13 @@ mod tests {
             EventEnvelope::decode(&[0xff, 0xfe]),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn encoded_len_matches_encode() {
+        let bytes = seed_json(json!({"type": "CourseArchived", "payload": {"x": "é✓"}}), 3);
+        let env = EventEnvelope::decode(&bytes).unwrap();
+        assert_eq!(env.encoded_len(), env.encode().len());
     }
 
     #[test]

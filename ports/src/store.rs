@@ -224,7 +224,7 @@ pub fn validate_batch(
                 reason: format!("event {} appears twice in the batch", event.id),
             });
         }
-        let size = event.encode().len();
+        let size = event.encoded_len();
         if size > max_event_bytes {
             return Err(StoreError::EventTooLarge {
                 event_id: event.id,
