@@ -227,8 +227,7 @@ pub async fn tail(
 ) -> Result<(), WiringError> {
     let config = nats.nats_config()?;
     let client = edupulse_nats::connect(&config).await?;
-    let backbone_nats = config.clone();
-    let filter = event_type.map(|t| format!("{}.{t}.>", backbone_nats.subject_prefix));
+    let filter = event_type.map(|t| format!("{}.{t}.*", config.subject_prefix));
     let mut options = edupulse_nats::ConsumerOptions::new(durable);
     options.filter_subject = filter;
     let mut consumer = edupulse_nats::NatsConsumer::create(client, &config, options)
