@@ -53,14 +53,28 @@ pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<Checkpoint>
     .transpose()
 }
 
+/// Saves with an asynchronous commit (`synchronous_commit = off`, for this transaction only).
+///
+/// Why: the save's transaction has an id, and while it is open no reader can read past it (the
+/// snapshot horizon of `read_all`): a synchronous commit keeps it open for a WAL flush, so every
+/// relay save would hold back every event committed meanwhile by that long. An asynchronous
+/// commit ends at once; a PostgreSQL crash can then lose the last fraction of a second of saves,
+/// which only means re-publishing those events (deduplicated by the broker), as the port allows.
 pub(crate) async fn save(pool: &PgPool, name: &str, cursor: Cursor) -> Result<(), StoreError> {
-    sqlx::query(SAVE_SQL)
-        .bind(name)
-        .bind(to_i64(cursor.commit)?)
-        .bind(to_i64(cursor.position)?)
-        .execute(pool)
+    let (commit, position) = (to_i64(cursor.commit)?, to_i64(cursor.position)?);
+    let mut tx = pool.begin().await.map_err(map_sqlx)?;
+    sqlx::query("SET LOCAL synchronous_commit TO off")
+        .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
+    sqlx::query(SAVE_SQL)
+        .bind(name)
+        .bind(commit)
+        .bind(position)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+    tx.commit().await.map_err(map_sqlx)?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Command-line interface: every option has an environment variable fallback and a `--help` text.
 
 use crate::telemetry::LogFormat;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -243,9 +243,26 @@ pub struct BenchArgs {
     /// Events in the relay catch-up backlog.
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog: u64,
+    /// Run only these phases (comma-separated), to iterate on one figure. The raw ceilings
+    /// (rows 1 and 2) always run, since every ratio is taken against them.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<BenchPhase>,
     /// Where to write the JSON report and the SVG chart.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+}
+
+/// A phase of `bench` that can be selected with `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPhase {
+    /// Row 3: the seed's design.
+    Seed,
+    /// Row 4: the store's append, every batch size and caller count.
+    Store,
+    /// Rows 5 and 7: the relay catching up from the backlog, and its peak RSS.
+    Catchup,
+    /// Row 6 and end to end: commit → ack at paced rates, then append + relay at full speed.
+    Live,
 }
 
 #[cfg(test)]

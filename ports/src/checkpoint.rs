@@ -24,6 +24,10 @@ pub trait CheckpointStore: Send + Sync {
     /// Saves `cursor` as the checkpoint `name`. A checkpoint never moves backwards: saving a cursor
     /// lower than the stored one keeps the stored one.
     ///
+    /// A save is progress, not a fact: a store may make it durable lazily, so a crash of the store
+    /// right after a save can bring back an older checkpoint. Followers resume from it and
+    /// process some events again, which at-least-once delivery allows anyway.
+    ///
     /// # Errors
     /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
     async fn save(&self, name: &str, cursor: Cursor) -> Result<(), StoreError>;

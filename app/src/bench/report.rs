@@ -46,6 +46,11 @@ pub struct LatencyRow {
     pub max_ms: f64,
     /// Events measured.
     pub samples: u64,
+    /// Commit → the relay handing the event to the publisher (the store side of commit → ack),
+    /// p50, ms.
+    pub read_p50_ms: f64,
+    /// Commit → handed to the publisher, p99, ms.
+    pub read_p99_ms: f64,
     /// Insert → ack (from the row's `recorded_at`, the relay's own metric), p50, ms.
     pub insert_p50_ms: f64,
     /// Insert → ack, p99, ms.
@@ -155,26 +160,28 @@ impl BenchReport {
         }
         let _ = writeln!(
             out,
-            "\n{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>18} {:>16}",
+            "\n{:<34} {:>10} {:>8} {:>8} {:>8} {:>8} {:>18} {:>18} {:>16}",
             "6. commit → ack (relay running)",
             "achieved/s",
             "p50 ms",
             "p99 ms",
             "max ms",
             "samples",
+            "commit→read p50/99",
             "insert→ack p50/99",
             "append p50/p99"
         );
         for l in &self.latency {
             let _ = writeln!(
                 out,
-                "{:<34} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>18} {:>16}",
+                "{:<34} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>18} {:>18} {:>16}",
                 format!("   paced at {:.0} events/s", l.offered_rate),
                 l.achieved_rate,
                 l.p50_ms,
                 l.p99_ms,
                 l.max_ms,
                 l.samples,
+                format!("{:.1}/{:.1} ms", l.read_p50_ms, l.read_p99_ms),
                 format!("{:.1}/{:.1} ms", l.insert_p50_ms, l.insert_p99_ms),
                 format!("{:.1}/{:.1} ms", l.append_p50_ms, l.append_p99_ms)
             );

@@ -14,16 +14,20 @@ use std::time::Instant;
 /// When each measured event's `append` returned; events not in it are not measured.
 pub(crate) type Committed = Arc<Mutex<HashMap<EventId, Instant>>>;
 
-/// A publisher that records, for each event in [`Committed`], the time from commit to ack.
+/// A publisher that records, for each event in [`Committed`], the time from commit to ack, and
+/// the part of it spent before the relay handed the event to the publisher (commit → read), so a
+/// tail can be told apart: store side (read horizon, polling) or broker side.
 pub(crate) struct TimingPublisher {
     pub(crate) inner: Arc<dyn EventPublisher>,
     pub(crate) committed: Committed,
     pub(crate) latency: Arc<LatencyHistogram>,
+    pub(crate) read: Arc<LatencyHistogram>,
 }
 
 #[async_trait]
 impl EventPublisher for TimingPublisher {
     async fn publish(&self, events: &[RecordedEvent]) -> Vec<PublishResult> {
+        let handed = Instant::now();
         let results = self.inner.publish(events).await;
         let now = Instant::now();
         let mut committed = self
@@ -36,6 +40,7 @@ impl EventPublisher for TimingPublisher {
                     && let Some(at) = committed.remove(&event.envelope.id)
                 {
                     self.latency.record(now.saturating_duration_since(at));
+                    self.read.record(handed.saturating_duration_since(at));
                 }
             }
         }

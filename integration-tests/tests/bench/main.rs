@@ -13,6 +13,7 @@ async fn quick_bench_runs_and_writes_its_outputs() {
     let nats = shared_nats().await;
     let out = std::env::temp_dir().join(unique_name("edupulse-bench"));
     let args = BenchArgs {
+        only: Vec::new(),
         pg: PgArgs {
             database_url: Some(SecretString::from(db.url().to_owned())),
             pg_max_connections: 16,
