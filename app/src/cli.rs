@@ -163,6 +163,11 @@ pub struct RelayArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "EDUPULSE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+    /// Runtime worker threads. The relay is one pipeline (read, then publish with acks
+    /// pipelined), so one thread is enough to saturate a broker; more threads only add
+    /// cross-thread wake-ups and per-thread allocator memory (measured in issue 8).
+    #[arg(long, env = "EDUPULSE_RELAY_THREADS", default_value_t = 1)]
+    pub threads: usize,
 }
 
 /// Options of `append`.

@@ -28,6 +28,7 @@ pub async fn serve(
     stats: Arc<RelayStats>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    let prometheus_for_upkeep = prometheus.clone();
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -35,6 +36,7 @@ pub async fn serve(
         .with_state(AppState { prometheus, stats });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
+    tokio::spawn(upkeep(prometheus_for_upkeep, shutdown.clone()));
     tokio::spawn(async move {
         let server = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await });
@@ -44,6 +46,21 @@ pub async fn serve(
     });
     Ok(bound)
 }
+
+/// Drains the recorder's histogram samples into their buckets every few seconds. The recorder
+/// keeps every sample recorded until it is drained, which otherwise happens only when /metrics is
+/// scraped: a relay nobody scrapes grew by about 10 bytes per event published (found as RSS
+/// growing with the backlog during the issue 8 catch-up bench).
+async fn upkeep(prometheus: PrometheusHandle, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(UPKEEP_EVERY) => prometheus.run_upkeep(),
+        }
+    }
+}
+
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 async fn metrics(State(state): State<AppState>) -> String {
     state.prometheus.render()
