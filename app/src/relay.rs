@@ -405,18 +405,21 @@ impl Relay {
                 continue;
             }
             recheck = None;
-            // Read the next page while this one is published (catch-up throughput).
+            // Read the next page while this one is published (catch-up throughput). The read
+            // is a task of its own: decoding a page of rows is milliseconds of CPU, and inside
+            // this task it would stop the publisher from sending and taking acks meanwhile
+            // (the broker then idles); as a task it runs on another worker, or interleaved.
             let last = page.last().map_or(cursor, |e| e.cursor);
             let full = page.len() == self.config.batch_size;
+            let read_ahead = (full && !shutdown.is_cancelled()).then(|| {
+                let store = self.ports.store.clone();
+                let limit = self.config.batch_size;
+                tokio::spawn(async move { store.read_all(last, limit).await.ok() })
+            });
             let read_ahead = async {
-                if full && !shutdown.is_cancelled() {
-                    self.ports
-                        .store
-                        .read_all(last, self.config.batch_size)
-                        .await
-                        .ok()
-                } else {
-                    None
+                match read_ahead {
+                    Some(task) => task.await.ok().flatten(),
+                    None => None,
                 }
             };
             let (settled, ahead) =
