@@ -3,14 +3,16 @@
 use crate::append::to_u64;
 use crate::error::{internal, map_sqlx};
 use chrono::{DateTime, Utc};
-use edupulse_domain::{RawEnvelope, RawEvent, StreamId, Uuid};
+use edupulse_domain::{StoredEnvelope, StreamId, Uuid};
 use edupulse_ports::{Cursor, RecordedEvent, StoreError, StoreHead};
-use serde_json::Value;
 use sqlx::PgPool;
 use std::sync::LazyLock;
 
+/// Metadata and payload come as JSON text, decoded straight into their types by
+/// [`StoredEnvelope`] (a `jsonb` column would be decoded into a `serde_json::Value` tree first).
 const COLUMNS: &str = "position, commit_key, event_id, stream_id, stream_version, aggregate_id, \
-                       event_type, schema_version, occurred_at, recorded_at, metadata, payload";
+                       event_type, schema_version, occurred_at, recorded_at, \
+                       metadata::text AS metadata, payload::text AS payload";
 
 /// The commit-safe read. Only rows below the snapshot's xmin are returned: every transaction
 /// with an id below it has finished (committed rows are visible to this snapshot, rolled-back
@@ -66,8 +68,8 @@ struct EventRow {
     schema_version: i32,
     occurred_at: DateTime<Utc>,
     recorded_at: DateTime<Utc>,
-    metadata: Value,
-    payload: Value,
+    metadata: String,
+    payload: String,
 }
 
 impl EventRow {
@@ -79,18 +81,16 @@ impl EventRow {
                 self.schema_version
             ))
         })?;
-        let raw = RawEnvelope {
+        let stored = StoredEnvelope {
             id: self.event_id,
             aggregate_id: self.aggregate_id,
             occurred_at: self.occurred_at,
             version,
-            metadata: self.metadata,
-            event: RawEvent {
-                event_type: self.event_type,
-                payload: self.payload,
-            },
+            event_type: &self.event_type,
+            metadata: &self.metadata,
+            payload: &self.payload,
         };
-        let envelope = raw
+        let envelope = stored
             .into_envelope()
             .map_err(|source| StoreError::Corrupted { position, source })?;
         Ok(RecordedEvent {

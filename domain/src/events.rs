@@ -243,6 +243,17 @@ macro_rules! kinds {
                 }
             }
 
+            /// As [`DomainEvent::decode_current`], from JSON text: no intermediate `Value`.
+            pub(crate) fn decode_current_str(
+                event_type: &str,
+                payload: &str,
+            ) -> Option<Result<Self, serde_json::Error>> {
+                match event_type {
+                    $($name => Some(serde_json::from_str::<$ty>(payload).map(DomainEvent::$ty)),)*
+                    _ => None,
+                }
+            }
+
             /// The current schema version of a known type.
             pub fn current_version_of(event_type: &str) -> Option<u16> {
                 match event_type {
