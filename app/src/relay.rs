@@ -3,8 +3,9 @@
 //! The events table is the outbox. The relay follows the store's commit-safe order
 //! ([`edupulse_ports::EventReader::read_all`]), publishes in batches, and saves its checkpoint only after every
 //! event up to it is acknowledged (or dead-lettered). A crash anywhere loses nothing: the next
-//! relay resumes from the last saved checkpoint and re-publishes at most one batch, which the
-//! broker deduplicates by event id.
+//! relay resumes from the last saved checkpoint and re-publishes what was acknowledged since
+//! (at most `checkpoint_interval` of publishing, plus the batch in flight), which the broker
+//! deduplicates by event id.
 //!
 //! # Behaviour
 //! - **One active relay per checkpoint name**, by a lease ([`LeaseProvider`]). Others wait as
@@ -14,10 +15,11 @@
 //! - **Latency and throughput.** Idle, the relay waits for a commit hint ([`CommitHints`], e.g.
 //!   PostgreSQL NOTIFY) or the poll interval, so an event is published milliseconds after commit.
 //!   Behind, it reads pages of `batch_size` and reads the next page while the current one is being
-//!   published. Checkpoints are saved off the publishing path (a companion future saves the latest
-//!   acknowledged cursor; a save is a commit, and waiting for its WAL flush after every batch
-//!   delayed the next one), and the store's head (for the lag metric) is read at most once a
-//!   second when idle.
+//!   published, in a task of its own. Checkpoints are saved off the publishing path (a companion
+//!   future saves the latest acknowledged cursor at most every `checkpoint_interval`; a save is a
+//!   commit, and waiting for it after every batch delayed the next one), and the store's head
+//!   (for the lag metric) is read at most once a second when idle. A hint that reads nothing
+//!   (its events held back behind an older open transaction) is followed by quick re-reads.
 //! - **Broker failures** are retried forever with exponential backoff and jitter (never giving up
 //!   silently), capped at `backoff_max`, which must stay well below the broker's duplicate window
 //!   so that a retry of an ambiguous publish is still deduplicated. Lag is exported as a metric
@@ -265,8 +267,9 @@ impl Relay {
     /// Checkpoints are saved by a companion future, off the publishing path: a save is a
     /// PostgreSQL commit (a WAL flush), and waiting for it after every batch would delay the next
     /// batch by that much. The saver always writes the latest acknowledged cursor (intermediate
-    /// ones are skipped), so at most one save is in flight and a crash re-publishes at most what
-    /// was acknowledged since the last save (deduplicated by the broker).
+    /// ones are skipped), at most once per [`RelayConfig::checkpoint_interval`], so at most one
+    /// save is in flight and a crash re-publishes at most what was acknowledged since the last
+    /// save (deduplicated by the broker).
     async fn publish_while_active(&self, lease: &dyn Lease, shutdown: &CancellationToken) {
         let cursor = match self.load_checkpoint(lease, shutdown).await {
             Some(c) => c,
