@@ -2,6 +2,7 @@
 //! conflicts, replays or duplicate-id errors.
 
 use crate::error::{UniqueViolation, internal, map_sqlx, unavailable, unique_violation};
+use crate::hints::HintMode;
 use chrono::{DateTime, Utc};
 use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId, Uuid};
 use edupulse_ports::{AppendOutcome, AppendedEvent, StoreError};
@@ -51,6 +52,8 @@ WITH head AS (
                       $9::jsonb[], $10::jsonb[])
         WITH ORDINALITY AS u(event_id, aggregate_id, event_type, schema_version, occurred_at,
                              metadata, payload, ord)
+    -- Who sends the commit hint (see HintMode): set before the statement's trigger runs.
+    CROSS JOIN (SELECT set_config('edupulse.hint_after_commit', $11::text, true)) AS hint
     ORDER BY u.ord
     RETURNING position, stream_version
 )
@@ -152,6 +155,7 @@ async fn run_append_statement(
     stream: StreamId,
     expected: ExpectedVersion,
     columns: &Columns,
+    hint: HintMode<'_>,
 ) -> Result<Result<Attempt, StoreError>, sqlx::Error> {
     let (kind, exact) = encode_expected(expected);
     let row = sqlx::query(APPEND_SQL)
@@ -165,6 +169,7 @@ async fn run_append_statement(
         .bind(&columns.occurred_at)
         .bind(&columns.metadata)
         .bind(&columns.payloads)
+        .bind(hint.setting())
         .fetch_one(&mut *conn)
         .await?;
     let head: Option<i64> = row.try_get("head")?;
@@ -208,13 +213,16 @@ fn decode_attempt(
 ///
 /// With `savepoint`, the statement runs in a nested transaction (a SAVEPOINT when `conn` is in a
 /// transaction, else BEGIN/COMMIT), so that a unique violation leaves the caller's transaction
-/// usable; without, it runs as one autocommit statement (one round trip).
+/// usable; without, it runs as one autocommit statement (one round trip), and with
+/// [`HintMode::AfterCommit`] its hint is sent once it returns, committed. In a transaction of
+/// the store's own, the store sends the hint after its commit.
 pub(crate) async fn append_batch(
     conn: &mut PgConnection,
     stream: StreamId,
     expected: ExpectedVersion,
     events: &[EventEnvelope],
     savepoint: bool,
+    hint: HintMode<'_>,
 ) -> Result<AppendOutcome, StoreError> {
     let columns = Columns::of(events);
     let mut attempt = 0;
@@ -222,17 +230,20 @@ pub(crate) async fn append_batch(
         attempt += 1;
         let result = if savepoint {
             let mut nested = conn.begin().await.map_err(map_sqlx)?;
-            let result = run_append_statement(&mut nested, stream, expected, &columns).await;
+            let result = run_append_statement(&mut nested, stream, expected, &columns, hint).await;
             match &result {
                 Ok(Ok(Attempt::Appended(_))) => nested.commit().await.map_err(map_sqlx)?,
                 _ => nested.rollback().await.map_err(map_sqlx)?,
             }
             result
         } else {
-            run_append_statement(conn, stream, expected, &columns).await
+            run_append_statement(conn, stream, expected, &columns, hint).await
         };
         match result {
             Ok(Ok(Attempt::Appended(events))) => {
+                if let (false, HintMode::AfterCommit(hints)) = (savepoint, hint) {
+                    hints.committed();
+                }
                 return Ok(AppendOutcome {
                     stream_id: stream,
                     events,

@@ -20,6 +20,7 @@
 use crate::append::{Columns, append_batch, conflict_or_replay, encode_expected, to_u64};
 use crate::config::GroupCommitConfig;
 use crate::error::{internal, map_sqlx, shared_failure, unavailable};
+use crate::hints::{AfterCommit, HintMode};
 use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId, Uuid};
 use edupulse_ports::{AppendOutcome, AppendedEvent, StoreError};
 use sqlx::pool::PoolConnection;
@@ -64,6 +65,8 @@ WITH requests AS (
         WITH ORDINALITY AS u(req, nth, event_id, aggregate_id, event_type, schema_version,
                              occurred_at, metadata, payload, ord)
     JOIN accepted a ON a.req = u.req
+    -- The store sends the commit hint itself, after the commit (see HintMode).
+    CROSS JOIN (SELECT set_config('edupulse.hint_after_commit', $13::text, true)) AS hint
     ORDER BY u.ord
     RETURNING position, stream_id, stream_version
 )
@@ -127,12 +130,13 @@ pub(crate) struct GroupCommitter {
     pool: PgPool,
     shards: Vec<Shard>,
     max_group_events: usize,
+    hints: AfterCommit,
 }
 
 impl GroupCommitter {
     /// Starts the writer tasks on the current Tokio runtime. They stop when this is dropped and
     /// their queues are drained.
-    pub(crate) fn start(pool: &PgPool, config: GroupCommitConfig) -> Self {
+    pub(crate) fn start(pool: &PgPool, config: GroupCommitConfig, hints: AfterCommit) -> Self {
         let max_group_events = config.max_group_events.max(1);
         let capacity = config.queue_capacity.max(1);
         let shards = (0..config.writers.max(1))
@@ -141,6 +145,7 @@ impl GroupCommitter {
                 let busy = Arc::new(AtomicUsize::new(0));
                 tokio::spawn(writer(
                     pool.clone(),
+                    hints.clone(),
                     rx,
                     busy.clone(),
                     max_group_events,
@@ -153,6 +158,7 @@ impl GroupCommitter {
             pool: pool.clone(),
             shards,
             max_group_events,
+            hints,
         }
     }
 
@@ -174,7 +180,8 @@ impl GroupCommitter {
         let shard = &self.shards[(stream.as_uuid().as_u128() % self.shards.len() as u128) as usize];
         if let Some(_leading) = Busy::try_lead(&shard.busy) {
             let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-            return append_batch(&mut conn, stream, expected, &events, false).await;
+            let hint = HintMode::AfterCommit(&self.hints);
+            return append_batch(&mut conn, stream, expected, &events, false, hint).await;
         }
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -222,6 +229,7 @@ impl Group {
 
 async fn writer(
     pool: PgPool,
+    hints: AfterCommit,
     mut queue: mpsc::Receiver<Request>,
     busy: Arc<AtomicUsize>,
     max_events: usize,
@@ -259,7 +267,7 @@ async fn writer(
         }
         deferred = next_deferred;
         let _writing = Busy::enter(&busy);
-        let conn_ok = write_group(&pool, &mut conn, group.requests).await;
+        let conn_ok = write_group(&pool, &hints, &mut conn, group.requests).await;
         if !conn_ok {
             conn = None;
         }
@@ -269,6 +277,7 @@ async fn writer(
 /// Writes one group and answers its calls. Returns `false` when the connection may be broken.
 async fn write_group(
     pool: &PgPool,
+    hints: &AfterCommit,
     slot: &mut Option<PoolConnection<Postgres>>,
     mut requests: Vec<Request>,
 ) -> bool {
@@ -292,6 +301,7 @@ async fn write_group(
                 request.expected,
                 &request.events,
                 false,
+                HintMode::AfterCommit(hints),
             )
             .await;
             let ok = !matches!(result, Err(StoreError::Unavailable(_)));
@@ -300,8 +310,12 @@ async fn write_group(
         }
         return true;
     }
-    match run_group_statement(conn, &requests).await {
+    match run_group_statement(conn, &requests, hints).await {
         Ok(rows) => {
+            // The statement committed on its own (autocommit).
+            if rows.iter().any(|row| matches!(row, GroupRow::Appended(_))) {
+                hints.committed();
+            }
             for (request, row) in requests.into_iter().zip(rows) {
                 match row {
                     GroupRow::Appended(events) => {
@@ -323,7 +337,7 @@ async fn write_group(
         }
         Err(error @ sqlx::Error::Database(_)) => {
             tracing::debug!(%error, calls = requests.len(), "group append failed, isolating calls");
-            return one_by_one(conn, requests).await;
+            return one_by_one(conn, hints, requests).await;
         }
         Err(error) => {
             for request in requests {
@@ -344,6 +358,7 @@ enum GroupRow {
 async fn run_group_statement(
     conn: &mut PgConnection,
     requests: &[Request],
+    hints: &AfterCommit,
 ) -> Result<Vec<GroupRow>, sqlx::Error> {
     let total: usize = requests.iter().map(|r| r.events.len()).sum();
     let mut streams: Vec<Uuid> = Vec::with_capacity(requests.len());
@@ -376,6 +391,7 @@ async fn run_group_statement(
         .bind(&columns.occurred_at)
         .bind(&columns.metadata)
         .bind(&columns.payloads)
+        .bind(HintMode::AfterCommit(hints).setting())
         .fetch_all(&mut *conn)
         .await?;
     let mut out = Vec::with_capacity(requests.len());
@@ -438,7 +454,7 @@ async fn resolve_rejection(pool: PgPool, request: Request, head: Option<u64>) {
 /// The group failed as a whole: write each call in its own savepoint of one transaction (still
 /// one commit), so a failing call only fails itself. Answers are sent after the commit: a call
 /// reported as appended is durable.
-async fn one_by_one(conn: &mut PgConnection, requests: Vec<Request>) -> bool {
+async fn one_by_one(conn: &mut PgConnection, hints: &AfterCommit, requests: Vec<Request>) -> bool {
     let mut tx = match conn.begin().await {
         Ok(tx) => tx,
         Err(error) => {
@@ -457,11 +473,19 @@ async fn one_by_one(conn: &mut PgConnection, requests: Vec<Request>) -> bool {
                 request.expected,
                 &request.events,
                 true,
+                HintMode::AfterCommit(hints),
             )
             .await,
         );
     }
     let committed = tx.commit().await;
+    if committed.is_ok()
+        && results
+            .iter()
+            .any(|r| r.as_ref().is_ok_and(|o| !o.replayed))
+    {
+        hints.committed();
+    }
     let mut ok = committed.is_ok();
     for (request, result) in requests.into_iter().zip(results) {
         let result = match (&committed, result) {

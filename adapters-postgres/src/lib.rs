@@ -103,9 +103,14 @@
 //!
 //! # Commit hints and leases
 //!
-//! A statement-level trigger notifies channel [`HINT_CHANNEL`] with an empty payload; PostgreSQL
-//! delivers it at commit (never for a rollback) and folds a transaction's notifications into one.
-//! It is a wake-up hint only: followers also poll. A lease is a session-level advisory lock held
+//! Followers are woken on channel [`HINT_CHANNEL`] (empty payload; a wake-up hint only, followers
+//! also poll). For an append in the caller's transaction, a statement-level trigger notifies:
+//! PostgreSQL delivers it at that transaction's commit, never for a rollback. The store's own
+//! appends opt out of the trigger (a transaction-local setting their statement makes) and send
+//! one coalesced NOTIFY after committing, from a read-only transaction: a NOTIFY inside a
+//! transaction takes a database-wide lock at commit and keeps it through the WAL flush, which
+//! serialized every committing appender (a seventh of the group writers' time at 5k events/s,
+//! wait event `Lock:object`). A lease is a session-level advisory lock held
 //! on a dedicated connection whose `application_name` names the holder; a watchdog pings it and
 //! declares the lease lost at the first failed ping, so a relay whose connection dies stops
 //! within about a second.
@@ -126,7 +131,7 @@
 //! | commit of a one-row insert, client (statement + WAL flush)    | 0.5–1.8 ms, typ. 0.65 ms  |
 //! | of which the WAL flush (pgbench, `synchronous_commit` on/off) | ~0.55 ms (0.67 vs 0.12)   |
 //! | the append statement alone, server CPU (flush excluded)       | ~0.24 ms (0.74 ms with it)|
-//! | the NOTIFY trigger                                            | < 10 µs (not measurable)  |
+//! | the NOTIFY trigger (CPU; its commit lock is another matter)   | < 10 µs (not measurable)  |
 //! | append, 1 event, one caller                                   | 1.0–2.6 ms (380–1000 /s)  |
 //! | append, batch of 10 (per event)                               | 125–420 µs (2.4k–8k /s)   |
 //! | append, batch of 100 (per event)                              | 27–73 µs (14k–38k /s)     |
@@ -173,6 +178,7 @@ use edupulse_ports::{
     Lease, LeaseProvider, RecordedEvent, StoreError, StoreHead, validate_batch,
 };
 use futures::stream::BoxStream;
+use hints::HintMode;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::fmt;
@@ -193,6 +199,7 @@ pub struct PgEventStore {
     max_event_bytes: usize,
     group_config: GroupCommitConfig,
     group: Arc<OnceLock<group::GroupCommitter>>,
+    after_commit: Arc<OnceLock<hints::AfterCommit>>,
     lease_ping_interval: Duration,
     lease_ping_timeout: Duration,
     connect_timeout: Duration,
@@ -257,6 +264,7 @@ impl PgEventStore {
             max_event_bytes: config.max_event_bytes,
             group_config: config.group_commit,
             group: Arc::default(),
+            after_commit: Arc::default(),
             lease_ping_interval: config.lease_ping_interval,
             lease_ping_timeout: config.lease_ping_timeout,
             connect_timeout: config.acquire_timeout,
@@ -271,6 +279,7 @@ impl PgEventStore {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             group_config: defaults.group_commit,
             group: Arc::default(),
+            after_commit: Arc::default(),
             lease_ping_interval: defaults.lease_ping_interval,
             lease_ping_timeout: defaults.lease_ping_timeout,
             connect_timeout: defaults.acquire_timeout,
@@ -331,14 +340,25 @@ impl PgEventStore {
         events: Vec<EventEnvelope>,
     ) -> Result<AppendOutcome, StoreError> {
         validate_batch(stream, &events, self.max_event_bytes)?;
-        append::append_batch(conn, stream, expected, &events, true).await
+        append::append_batch(conn, stream, expected, &events, true, HintMode::AtCommit).await
     }
 
     fn group(&self) -> Option<&group::GroupCommitter> {
         self.group_config.enabled.then(|| {
-            self.group
-                .get_or_init(|| group::GroupCommitter::start(&self.pool, self.group_config))
+            self.group.get_or_init(|| {
+                group::GroupCommitter::start(
+                    &self.pool,
+                    self.group_config,
+                    self.after_commit().clone(),
+                )
+            })
         })
+    }
+
+    /// The sender of this store's commit hints (started at first use, inside the runtime).
+    fn after_commit(&self) -> &hints::AfterCommit {
+        self.after_commit
+            .get_or_init(|| hints::AfterCommit::start(&self.pool))
     }
 }
 
@@ -399,7 +419,9 @@ pub async fn append_in_transaction(
     events: Vec<EventEnvelope>,
 ) -> Result<AppendOutcome, StoreError> {
     validate_batch(stream, &events, DEFAULT_MAX_EVENT_BYTES)?;
-    append::append_batch(conn, stream, expected, &events, true).await
+    // The caller's commit is the only moment that tells the events are committed: the
+    // trigger sends the hint then.
+    append::append_batch(conn, stream, expected, &events, true, HintMode::AtCommit).await
 }
 
 #[async_trait]
@@ -416,7 +438,8 @@ impl EventAppender for PgEventStore {
             return group.append(stream, expected, events).await;
         }
         let mut conn = self.pool.acquire().await.map_err(error::map_sqlx)?;
-        append::append_batch(&mut conn, stream, expected, &events, false).await
+        let hint = HintMode::AfterCommit(self.after_commit());
+        append::append_batch(&mut conn, stream, expected, &events, false, hint).await
     }
 }
 

@@ -143,12 +143,17 @@ impl BenchReport {
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{:<66} {:>10.0} {:>7.0}% {:>7.0}% {:>7.2}x {:>8}  {:>22}",
+                "{:<66} {:>10.0} {:>7.0}% {:>7.0}% {:>8} {:>8}  {:>22}",
                 r.label,
                 r.rate,
                 r.vs_raw_pg * 100.0,
                 r.vs_raw_js * 100.0,
-                r.vs_seed16,
+                // Without the seed row (`--only`), there is no ratio to show.
+                if r.vs_seed16 > 0.0 {
+                    format!("{:.2}x", r.vs_seed16)
+                } else {
+                    "-".to_owned()
+                },
                 r.events,
                 format!(
                     "{}/{}/{}",

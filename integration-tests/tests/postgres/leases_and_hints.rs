@@ -134,3 +134,46 @@ async fn hints_arrive_after_commits_and_end_with_the_connection() {
     .await;
     assert!(end.is_ok(), "the hint stream ends when its connection dies");
 }
+
+/// The store's own appends send their hint after committing (not from the trigger, see migration
+/// 0002), coalesced: a follower that reads on each hint must still see the last commit, whatever
+/// the path (lone caller, group statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_hint_follows_the_last_commit_of_concurrent_appends() {
+    let db = fresh_database().await;
+    let store = std::sync::Arc::new(store_on(&db).await);
+    let mut hints = store.subscribe().await.expect("subscribe");
+    let follower = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut cursor = edupulse_ports::Cursor::START;
+            let mut seen = 0usize;
+            // Reads on each hint only; stops once hints have been quiet for a while.
+            while let Ok(Some(())) =
+                tokio::time::timeout(Duration::from_millis(1500), hints.next()).await
+            {
+                let (page, next) = crate::support::drain(&*store, cursor, 500).await;
+                seen += page.len();
+                cursor = next;
+            }
+            seen
+        })
+    };
+    let mut writers = Vec::new();
+    for _ in 0..32 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let stream = StreamId::new();
+                store
+                    .append(stream, ExpectedVersion::NoStream, events(stream, 2))
+                    .await
+                    .expect("append");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    assert_eq!(follower.await.expect("follower"), 32 * 10 * 2);
+}
