@@ -12,7 +12,8 @@ use sqlx::PgPool;
 /// port says, so a status shows a relay that is alive but idle as fresh).
 const SAVE_SQL: &str = "\
     INSERT INTO relay_checkpoints AS c (name, commit_key, position, updated_at) \
-    VALUES ($1, $2, $3, clock_timestamp()) \
+    SELECT $1::text, $2::int8, $3::int8, clock_timestamp() \
+    FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit \
     ON CONFLICT (name) DO UPDATE SET \
         commit_key = CASE WHEN (c.commit_key, c.position) < (excluded.commit_key, excluded.position) \
                           THEN excluded.commit_key ELSE c.commit_key END, \
@@ -53,28 +54,27 @@ pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<Checkpoint>
     .transpose()
 }
 
-/// Saves with an asynchronous commit (`synchronous_commit = off`, for this transaction only).
+/// Saves with an asynchronous commit, in one statement.
 ///
-/// Why: the save's transaction has an id, and while it is open no reader can read past it (the
-/// snapshot horizon of `read_all`): a synchronous commit keeps it open for a WAL flush, so every
-/// relay save would hold back every event committed meanwhile by that long. An asynchronous
-/// commit ends at once; a PostgreSQL crash can then lose the last fraction of a second of saves,
-/// which only means re-publishing those events (deduplicated by the broker), as the port allows.
+/// Why asynchronous: the save's transaction has an id, and while it is open no reader can read
+/// past it (the snapshot horizon of `read_all`): a synchronous commit keeps it open for a WAL
+/// flush, so every relay save would hold back every event committed meanwhile by that long. An
+/// asynchronous commit ends at once; a PostgreSQL crash can then lose the last fraction of a
+/// second of saves, which only means re-publishing those events (deduplicated by the broker), as
+/// the port allows.
+///
+/// Why one statement: `set_config(…, true)` lasts until the end of the statement's own
+/// (implicit) transaction, commit included. An explicit BEGIN / SET LOCAL / upsert / COMMIT took
+/// four round trips, and the transaction id stayed open between the upsert and the COMMIT for as
+/// long as the relay's task took to send it.
 pub(crate) async fn save(pool: &PgPool, name: &str, cursor: Cursor) -> Result<(), StoreError> {
-    let (commit, position) = (to_i64(cursor.commit)?, to_i64(cursor.position)?);
-    let mut tx = pool.begin().await.map_err(map_sqlx)?;
-    sqlx::query("SET LOCAL synchronous_commit TO off")
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
     sqlx::query(SAVE_SQL)
         .bind(name)
-        .bind(commit)
-        .bind(position)
-        .execute(&mut *tx)
+        .bind(to_i64(cursor.commit)?)
+        .bind(to_i64(cursor.position)?)
+        .execute(pool)
         .await
         .map_err(map_sqlx)?;
-    tx.commit().await.map_err(map_sqlx)?;
     Ok(())
 }
 
