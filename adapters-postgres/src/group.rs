@@ -310,7 +310,7 @@ async fn write_group(
         }
         return true;
     }
-    match run_group_statement(conn, &requests, hints).await {
+    match run_group_statement(conn, &requests).await {
         Ok(rows) => {
             // The statement committed on its own (autocommit).
             if rows.iter().any(|row| matches!(row, GroupRow::Appended(_))) {
@@ -358,7 +358,6 @@ enum GroupRow {
 async fn run_group_statement(
     conn: &mut PgConnection,
     requests: &[Request],
-    hints: &AfterCommit,
 ) -> Result<Vec<GroupRow>, sqlx::Error> {
     let total: usize = requests.iter().map(|r| r.events.len()).sum();
     let mut streams: Vec<Uuid> = Vec::with_capacity(requests.len());
@@ -391,7 +390,8 @@ async fn run_group_statement(
         .bind(&columns.occurred_at)
         .bind(&columns.metadata)
         .bind(&columns.payloads)
-        .bind(HintMode::AfterCommit(hints).setting())
+        // A group is always a transaction of the store's own: its writer sends the hint.
+        .bind(HintMode::AFTER_COMMIT)
         .fetch_all(&mut *conn)
         .await?;
     let mut out = Vec::with_capacity(requests.len());

@@ -40,11 +40,14 @@ pub(crate) enum HintMode<'a> {
 }
 
 impl HintMode<'_> {
+    /// The setting's value when the store sends the hint after commit.
+    pub(crate) const AFTER_COMMIT: &'static str = "on";
+
     /// The value of `edupulse.hint_after_commit` the append statement sets for its transaction.
     pub(crate) fn setting(self) -> &'static str {
         match self {
             HintMode::AtCommit => "off",
-            HintMode::AfterCommit(_) => "on",
+            HintMode::AfterCommit(_) => Self::AFTER_COMMIT,
         }
     }
 }

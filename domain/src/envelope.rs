@@ -295,13 +295,13 @@ impl RawEnvelope {
                 payload,
             }),
         };
-        Ok(EventEnvelope {
-            id: EventId::from_uuid(self.id),
-            aggregate_id: self.aggregate_id.map(StreamId::from_uuid),
-            occurred_at: self.occurred_at,
-            metadata: Metadata::from_json(self.metadata),
+        Ok(assemble(
+            self.id,
+            self.aggregate_id,
+            self.occurred_at,
+            self.metadata,
             event,
-        })
+        ))
     }
 }
 
@@ -341,13 +341,13 @@ impl StoredEnvelope<'_> {
         if DomainEvent::current_version_of(self.event_type) == Some(self.version)
             && let Some(Ok(event)) = DomainEvent::decode_current_str(self.event_type, self.payload)
         {
-            return Ok(EventEnvelope {
-                id: EventId::from_uuid(self.id),
-                aggregate_id: self.aggregate_id.map(StreamId::from_uuid),
-                occurred_at: self.occurred_at,
-                metadata: Metadata::from_json(metadata),
+            return Ok(assemble(
+                self.id,
+                self.aggregate_id,
+                self.occurred_at,
+                metadata,
                 event,
-            });
+            ));
         }
         // Older versions (upcasting works on the tree), unknown types, and payloads that fail:
         // the general path, so that errors are exactly those of `RawEnvelope`.
@@ -363,6 +363,23 @@ impl StoredEnvelope<'_> {
             },
         }
         .into_envelope()
+    }
+}
+
+/// The envelope of a decoded event, from its wire parts (shared by the raw and stored paths).
+fn assemble(
+    id: Uuid,
+    aggregate_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+    metadata: Value,
+    event: DomainEvent,
+) -> EventEnvelope {
+    EventEnvelope {
+        id: EventId::from_uuid(id),
+        aggregate_id: aggregate_id.map(StreamId::from_uuid),
+        occurred_at,
+        metadata: Metadata::from_json(metadata),
+        event,
     }
 }
 

@@ -77,7 +77,9 @@ pub mod nats;
 pub mod postgres;
 
 pub use cluster::{NatsCluster, start_nats_cluster};
-pub use nats::{NatsContainer, shared_nats, start_nats, start_nats_with_args, unique_name};
+pub use nats::{
+    NatsContainer, read_back_config, shared_nats, start_nats, start_nats_with_args, unique_name,
+};
 pub use postgres::{
     PgContainer, TestDb, fresh_database, shared_postgres, start_postgres, start_postgres_with_args,
 };

@@ -211,3 +211,17 @@ pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}_{}", &id[..12])
 }
+
+/// A throwaway pull consumer's configuration for reading a whole stream back to check it: from
+/// the first message, no acks, in memory, one replica, removed 30 s after its last use.
+pub fn read_back_config() -> async_nats::jetstream::consumer::pull::Config {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
+    async_nats::jetstream::consumer::pull::Config {
+        ack_policy: AckPolicy::None,
+        deliver_policy: DeliverPolicy::All,
+        inactive_threshold: Duration::from_secs(30),
+        num_replicas: 1,
+        memory_storage: true,
+        ..Default::default()
+    }
+}

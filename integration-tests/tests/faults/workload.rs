@@ -422,8 +422,6 @@ impl Run {
     /// What the broker stores in the run's stream, in stream sequence order: (event id, stream
     /// id, stream version) from each message's headers. Read with an ephemeral consumer.
     pub(crate) async fn broker_log(&self) -> Vec<(String, String, u64)> {
-        use async_nats::jetstream::consumer::pull::Config as PullConfig;
-        use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
         use edupulse_nats::headers;
         use futures::StreamExt as _;
 
@@ -433,16 +431,9 @@ impl Run {
             let (js, stream) = (js.clone(), self.nats.stream_name.clone());
             async move {
                 let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-                s.create_consumer(PullConfig {
-                    ack_policy: AckPolicy::None,
-                    deliver_policy: DeliverPolicy::All,
-                    inactive_threshold: Duration::from_secs(30),
-                    num_replicas: 1,
-                    memory_storage: true,
-                    ..PullConfig::default()
-                })
-                .await
-                .map_err(|e| e.to_string())
+                s.create_consumer(edupulse_integration_tests::read_back_config())
+                    .await
+                    .map_err(|e| e.to_string())
             }
         })
         .await;

@@ -7,8 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::pull::Config as PullConfig;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, Context};
 use bytes::Bytes;
 use edupulse_domain::{ContextId, EventEnvelope, Metadata, StreamId, TraceParent, Uuid};
@@ -223,14 +221,7 @@ pub(crate) async fn read_stream(js: &Context, name: &str) -> Vec<Stored> {
                 .state
                 .messages;
             let consumer = stream
-                .create_consumer(PullConfig {
-                    ack_policy: AckPolicy::None,
-                    deliver_policy: DeliverPolicy::All,
-                    inactive_threshold: Duration::from_secs(30),
-                    num_replicas: 1,
-                    memory_storage: true,
-                    ..PullConfig::default()
-                })
+                .create_consumer(edupulse_integration_tests::read_back_config())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((expected, consumer))
