@@ -11,7 +11,10 @@
 //!   run normally ends with none);
 //! - **duplicated**: one event id delivered as a *first* delivery more than once, i.e. stored
 //!   twice by the broker in spite of its deduplication; **redelivered** counts deliveries with
-//!   `attempt > 1` (an ack that did not reach the broker), which are harmless and reported apart;
+//!   `attempt > 1` (an ack that did not reach the broker), which are harmless and reported apart.
+//!   Where the fault may kill the node leading the consumer, first deliveries repeated by the new
+//!   consumer leader count as redeliveries ([`Figures::consumer_leader_may_be_lost`]); the broker's
+//!   stream must still hold each event once;
 //! - **reordered**: per stream, in the broker's stream (read back by sequence after the run), a
 //!   version that is not the previous + 1 (versions dead-lettered on purpose skipped): the
 //!   per-stream publication order the backbone guarantees. The consumer's first deliveries are
@@ -181,6 +184,9 @@ pub(crate) struct Figures {
     pub(crate) lost: u64,
     pub(crate) unexpected: u64,
     pub(crate) duplicated: u64,
+    /// The part of `duplicated` seen by the consumer (an id delivered as a first delivery more
+    /// than once) rather than in the broker's stream.
+    pub(crate) first_delivered_twice: u64,
     pub(crate) redelivered: u64,
     pub(crate) reordered: u64,
     /// First deliveries to the consumer out of their stream's order (see `judge`).
@@ -292,6 +298,7 @@ pub(crate) fn judge(
         lost,
         unexpected,
         duplicated: duplicated + broker_duplicated,
+        first_delivered_twice: duplicated,
         redelivered,
         reordered,
         delivery_out_of_order,
@@ -303,6 +310,17 @@ pub(crate) fn judge(
 }
 
 impl Figures {
+    /// For a fault that loses the node leading the consumer: JetStream replicates a consumer's
+    /// delivered and acked state asynchronously, so the new consumer leader may deliver again,
+    /// as a first delivery, messages already delivered and acked (at-least-once to consumers,
+    /// which deduplicate by event id). Those count as redeliveries; a duplicate in the broker's
+    /// own stream still counts as duplicated.
+    pub(crate) fn consumer_leader_may_be_lost(&mut self) {
+        self.duplicated -= self.first_delivered_twice;
+        self.redelivered += self.first_delivered_twice;
+        self.first_delivered_twice = 0;
+    }
+
     /// Prints the row, appends it to `target/faults-report.md`, then asserts the invariants:
     /// lost = unexpected = duplicated = reordered = 0, something was acknowledged, and the
     /// broker stores each event once.
