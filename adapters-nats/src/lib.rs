@@ -88,6 +88,7 @@
 mod config;
 mod connect;
 mod consumer;
+mod ledger;
 mod provision;
 mod publisher;
 mod wire;

@@ -1,10 +1,13 @@
 //! [`NatsPublisher`]: acknowledged, deduplicated, per-stream-ordered, pipelined publishing.
 
 use crate::config::NatsConfig;
-use crate::wire::{Outgoing, outgoing, stream_subjects};
+use crate::ledger::{Expectation, Ledger};
+use crate::wire::{Outgoing, headers, outgoing, stream_subjects};
+use async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::context::{PublishError as JsPublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, ErrorCode};
 use async_trait::async_trait;
 use edupulse_domain::StreamId;
@@ -13,6 +16,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::collections::{HashMap, VecDeque};
 use std::error::Error as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Builds the JetStream context the adapter uses: acknowledgement (and API) timeout from
 /// [`NatsConfig::ack_timeout`], at most [`NatsConfig::max_in_flight`] unacknowledged publishes
@@ -33,6 +37,22 @@ pub struct NatsPublisher {
     subject_prefix: String,
     max_message_bytes: usize,
     max_in_flight: usize,
+    /// What the broker holds of each aggregate (the per-subject fence, see [`crate::ledger`]),
+    /// shared by the clones of this publisher.
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+/// How many times one event is sent with a new expectation before the publish is reported as
+/// failed (and retried by the caller later): the subject moved under it each time, so another
+/// publisher is writing the same aggregate right now.
+const FENCE_ROUNDS: usize = 4;
+
+/// What a look-up of an event's subject found.
+enum Found {
+    /// The event, or a later version of its aggregate on the same subject, is already stored.
+    AlreadyStored(PublishAck),
+    /// The subject's last message precedes the event: publish expecting this sequence.
+    Before(u64),
 }
 
 impl NatsPublisher {
@@ -47,7 +67,14 @@ impl NatsPublisher {
             subject_prefix: config.subject_prefix.clone(),
             max_message_bytes: config.max_message_bytes,
             max_in_flight: config.max_in_flight.max(1),
+            ledger: Arc::default(),
         }
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        // The ledger is a cache the broker double-checks: one left half-updated by a panicking
+        // thread is still safe to use.
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The JetStream context used (for reading back, provisioning, tests).
@@ -84,13 +111,17 @@ impl NatsPublisher {
         }
     }
 
-    /// Sends one message; returns the acknowledgement future.
+    /// Sends one message expecting `expected` as its subject's last sequence; returns the
+    /// acknowledgement future.
     async fn send(
         &self,
-        out: Outgoing,
+        mut out: Outgoing,
+        expected: u64,
         limit: usize,
     ) -> Result<jetstream::context::PublishAckFuture, PublishError> {
         let size = out.size;
+        out.headers
+            .insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
         let message = PublishMessage::build()
             .headers(out.headers)
             .payload(out.payload);
@@ -99,6 +130,113 @@ impl NatsPublisher {
             .await
             .map_err(|e| classify(e, size, limit))
     }
+
+    /// Publishes one event behind the per-subject fence (see [`crate::ledger`]): stored only if
+    /// its subject's last message is still the one it was expected after; a refusal means the
+    /// subject moved, so its last message is looked up and the event is either found stored
+    /// already (a duplicate) or sent again with the new expectation.
+    async fn publish_fenced(
+        &self,
+        event: &RecordedEvent,
+        first: Outgoing,
+        limit: usize,
+    ) -> PublishResult {
+        let event_type = event.envelope.event_type();
+        let (stream, version) = (event.stream_id, event.stream_version);
+        let mut expectation = self.ledger().expectation(stream, event_type, version);
+        let mut message = Some(first);
+        for _ in 0..FENCE_ROUNDS {
+            let expected = match expectation {
+                Expectation::LastSubjectSequence(seq) => seq,
+                Expectation::Unknown => match self.look_up(event).await? {
+                    Found::AlreadyStored(ack) => return Ok(ack),
+                    Found::Before(seq) => seq,
+                },
+            };
+            let out = match message.take() {
+                Some(out) => out,
+                None => outgoing(&self.subject_prefix, limit, event)?,
+            };
+            let acked = match self.send(out, expected, limit).await {
+                Ok(ack) => ack.await,
+                Err(e) => return Err(e),
+            };
+            match acked {
+                Ok(ack) => {
+                    self.ledger()
+                        .stored(stream, event_type, version, ack.sequence);
+                    return Ok(PublishAck {
+                        duplicate: ack.duplicate,
+                        sequence: ack.sequence,
+                    });
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    expectation = Expectation::Unknown;
+                }
+                Err(e) => return Err(classify(e, 0, limit)),
+            }
+        }
+        Err(PublishError::Unavailable(Box::new(SubjectContended {
+            event_id: event.envelope.id.to_string(),
+        })))
+    }
+
+    /// The last message stored on `subject` (wildcards allowed), read from the stream's leader:
+    /// a replica could be behind.
+    async fn last_message(
+        &self,
+        subject: &str,
+    ) -> Result<Option<jetstream::message::StreamMessage>, PublishError> {
+        let stream = self
+            .js
+            .get_stream_no_info(&self.stream_name)
+            .await
+            .map_err(|e| PublishError::Unavailable(Box::new(e)))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(message) => Ok(Some(message)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(PublishError::Unavailable(Box::new(e))),
+        }
+    }
+
+    /// Reads the last message of `event`'s subject (see [`Self::last_message`]).
+    async fn look_up(&self, event: &RecordedEvent) -> Result<Found, PublishError> {
+        let subject = crate::wire::event_subject(&self.subject_prefix, event)?;
+        let event_type = event.envelope.event_type();
+        let Some(last) = self.last_message(&subject).await? else {
+            self.ledger().subject_empty(event.stream_id, event_type);
+            return Ok(Found::Before(0));
+        };
+        let header = |name: &str| last.headers.get(name).map(|v| v.as_str().to_owned());
+        // A message without our headers on our subject is not one of our events; it precedes.
+        let version = header(headers::STREAM_VERSION)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        self.ledger()
+            .stored(event.stream_id, event_type, version, last.sequence);
+        let same_event =
+            header(headers::MSG_ID).as_deref() == Some(&*event.envelope.id.to_string());
+        if same_event || version >= event.stream_version {
+            // Either the event itself, or a later event of its aggregate on the same subject,
+            // which the broker stored only after this one (each aggregate is published in
+            // order): the event is there.
+            return Ok(Found::AlreadyStored(PublishAck {
+                duplicate: true,
+                sequence: last.sequence,
+            }));
+        }
+        Ok(Found::Before(last.sequence))
+    }
+}
+
+/// The subject of an event kept moving while it was being published.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "event {event_id}: its subject kept moving while it was published (another publisher is \
+     writing the same aggregate); retry"
+)]
+struct SubjectContended {
+    event_id: String,
 }
 
 /// Per-batch bookkeeping: each stream's pending events and which streams may send next.
@@ -180,10 +318,7 @@ impl EventPublisher for NatsPublisher {
                     // in-flight permit (shared with concurrent calls), the acknowledgements of
                     // this batch keep being polled, so permits are always released.
                     Ok(out) => in_flight.push(async move {
-                        let acked = match self.send(out, limit).await {
-                            Ok(ack) => ack.await.map_err(|e| classify(e, 0, limit)),
-                            Err(e) => Err(e),
-                        };
+                        let acked = self.publish_fenced(&events[index], out, limit).await;
                         (stream, index, acked)
                     }),
                     Err(e) => fail(&mut results, &mut schedule, stream, index, e),
@@ -194,10 +329,7 @@ impl EventPublisher for NatsPublisher {
             };
             match acked {
                 Ok(ack) => {
-                    results[index] = Some(Ok(PublishAck {
-                        duplicate: ack.duplicate,
-                        sequence: ack.sequence,
-                    }));
+                    results[index] = Some(Ok(ack));
                     schedule.succeeded(stream);
                 }
                 Err(error) => {
@@ -215,6 +347,37 @@ impl EventPublisher for NatsPublisher {
             .collect();
         self.recheck_no_responders(&mut results).await;
         results
+    }
+
+    async fn last_version(&self, stream: StreamId) -> Result<Option<u64>, PublishError> {
+        let subject = crate::wire::stream_filter(&self.subject_prefix, stream);
+        let last = match self.last_message(&subject).await? {
+            Some(message) => message,
+            None => return Ok(None),
+        };
+        Ok(last
+            .headers
+            .get(headers::STREAM_VERSION)
+            .and_then(|v| v.as_str().parse::<u64>().ok()))
+    }
+
+    async fn republish(&self, event: &RecordedEvent) -> PublishResult {
+        let limit = self.max_message_bytes.min(self.js.client().max_payload());
+        let subject = crate::wire::event_subject(&self.subject_prefix, event)?;
+        let expected = self
+            .last_message(&subject)
+            .await?
+            .map_or(0, |message| message.sequence);
+        let out = outgoing(&self.subject_prefix, limit, event)?;
+        let ack = self
+            .send(out, expected, limit)
+            .await?
+            .await
+            .map_err(|e| classify(e, 0, limit))?;
+        Ok(PublishAck {
+            duplicate: ack.duplicate,
+            sequence: ack.sequence,
+        })
     }
 }
 
@@ -248,7 +411,6 @@ fn is_permanent_code(code: ErrorCode) -> bool {
     [
         ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
         ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
-        ErrorCode::STREAM_SEALED,
         ErrorCode::BAD_REQUEST,
         ErrorCode::STREAM_WRONG_LAST_SEQUENCE,
         ErrorCode::STREAM_WRONG_LAST_MESSAGE_ID,
@@ -278,9 +440,13 @@ pub(crate) fn classify(error: JsPublishError, size: usize, max: usize) -> Publis
             PublishError::Unavailable(Box::new(error))
         }
         PublishErrorKind::Other => match jetstream_code(&error) {
-            Some(ErrorCode::STREAM_NOT_FOUND) => PublishError::Misconfigured {
-                reason: error.to_string(),
-            },
+            // The stream as a whole refuses writes: no event is at fault, so none may be parked
+            // or dead-lettered for it; the publisher waits for an operator.
+            Some(ErrorCode::STREAM_NOT_FOUND | ErrorCode::STREAM_SEALED) => {
+                PublishError::Misconfigured {
+                    reason: error.to_string(),
+                }
+            }
             Some(code) if is_permanent_code(code) => PublishError::Rejected {
                 reason: error.to_string(),
             },

@@ -3,7 +3,8 @@
 use crate::append::to_u64;
 use crate::error::map_sqlx;
 use chrono::{DateTime, Utc};
-use edupulse_ports::{Checkpoint, Cursor, RecordedEvent, StoreError};
+use edupulse_domain::{EventId, StreamId, Uuid};
+use edupulse_ports::{Checkpoint, Cursor, ParkedEvent, RecordedEvent, Release, StoreError};
 use sqlx::PgPool;
 
 /// The upsert keeps a checkpoint from moving backwards, atomically, whatever the number of relays
@@ -29,6 +30,37 @@ const DEAD_LETTER_SQL: &str = "\
     ON CONFLICT (name, event_id) DO NOTHING";
 
 const DEAD_LETTER_COUNT_SQL: &str = "SELECT count(*) FROM relay_dead_letters WHERE name = $1";
+
+/// The first parked event of a stream stays. Parking a stream again while a release is requested
+/// means the release failed: the new reason is kept and the request cleared.
+const PARK_SQL: &str = "\
+    INSERT INTO relay_parked_streams AS p \
+        (name, stream_id, stream_version, event_id, commit_key, position, reason, raw) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+    ON CONFLICT (name, stream_id) DO UPDATE SET reason = excluded.reason, release = NULL \
+    WHERE p.release IS NOT NULL";
+
+const PARKED_SQL: &str = "\
+    SELECT stream_id, stream_version, event_id, commit_key, position, reason, raw, parked_at, \
+           release \
+    FROM relay_parked_streams WHERE name = $1 ORDER BY parked_at, stream_id";
+
+const RELEASE_SQL: &str =
+    "UPDATE relay_parked_streams SET release = $3 WHERE name = $1 AND stream_id = $2";
+
+const UNPARK_SQL: &str = "DELETE FROM relay_parked_streams WHERE name = $1 AND stream_id = $2";
+
+type ParkedRow = (
+    Uuid,
+    i64,
+    Uuid,
+    i64,
+    i64,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+);
 
 fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::InvalidInput {
@@ -102,4 +134,73 @@ pub(crate) async fn dead_letter_count(pool: &PgPool, name: &str) -> Result<u64, 
         .await
         .map_err(map_sqlx)?;
     to_u64(count)
+}
+
+pub(crate) async fn park(pool: &PgPool, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+    sqlx::query(PARK_SQL)
+        .bind(name)
+        .bind(event.stream_id.as_uuid())
+        .bind(to_i64(event.stream_version)?)
+        .bind(event.event_id.as_uuid())
+        .bind(to_i64(event.cursor.commit)?)
+        .bind(to_i64(event.cursor.position)?)
+        .bind(&event.reason)
+        .bind(&event.raw)
+        .execute(pool)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+pub(crate) async fn parked(pool: &PgPool, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+    let rows: Vec<ParkedRow> = sqlx::query_as(PARKED_SQL)
+        .bind(name)
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?;
+    rows.into_iter()
+        .map(
+            |(stream, version, event, commit, position, reason, raw, parked_at, release)| {
+                Ok(ParkedEvent {
+                    stream_id: StreamId::from_uuid(stream),
+                    stream_version: to_u64(version)?,
+                    event_id: EventId::from_uuid(event),
+                    cursor: Cursor {
+                        commit: to_u64(commit)?,
+                        position: to_u64(position)?,
+                    },
+                    reason,
+                    raw,
+                    parked_at,
+                    release: release.as_deref().and_then(Release::from_name),
+                })
+            },
+        )
+        .collect()
+}
+
+pub(crate) async fn request_release(
+    pool: &PgPool,
+    name: &str,
+    stream: StreamId,
+    release: Release,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(RELEASE_SQL)
+        .bind(name)
+        .bind(stream.as_uuid())
+        .bind(release.as_str())
+        .execute(pool)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(crate) async fn unpark(pool: &PgPool, name: &str, stream: StreamId) -> Result<(), StoreError> {
+    sqlx::query(UNPARK_SQL)
+        .bind(name)
+        .bind(stream.as_uuid())
+        .execute(pool)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
 }

@@ -175,7 +175,8 @@ use async_trait::async_trait;
 use edupulse_domain::{DEFAULT_MAX_EVENT_BYTES, EventEnvelope, ExpectedVersion, StreamId};
 use edupulse_ports::{
     AppendOutcome, Checkpoint, CheckpointStore, CommitHints, Cursor, EventAppender, EventReader,
-    Lease, LeaseProvider, RecordedEvent, StoreError, StoreHead, validate_batch,
+    FollowedRow, Lease, LeaseProvider, ParkedEvent, RecordedEvent, Release, StoreError, StoreHead,
+    validate_batch,
 };
 use futures::stream::BoxStream;
 use hints::HintMode;
@@ -462,6 +463,10 @@ impl EventReader for PgEventStore {
         read::read_all(&self.pool, after, limit).await
     }
 
+    async fn follow(&self, after: Cursor, limit: usize) -> Result<Vec<FollowedRow>, StoreError> {
+        read::follow(&self.pool, after, limit).await
+    }
+
     async fn read_positions(
         &self,
         from: u64,
@@ -509,6 +514,27 @@ impl CheckpointStore for PgEventStore {
 
     async fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
         checkpoint::dead_letter_count(&self.pool, name).await
+    }
+
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        checkpoint::park(&self.pool, name, event).await
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        checkpoint::parked(&self.pool, name).await
+    }
+
+    async fn request_release(
+        &self,
+        name: &str,
+        stream: StreamId,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        checkpoint::request_release(&self.pool, name, stream, release).await
+    }
+
+    async fn unpark(&self, name: &str, stream: StreamId) -> Result<(), StoreError> {
+        checkpoint::unpark(&self.pool, name, stream).await
     }
 }
 

@@ -3,8 +3,9 @@
 use crate::append::to_u64;
 use crate::error::{internal, map_sqlx};
 use chrono::{DateTime, Utc};
+use edupulse_domain::EventId;
 use edupulse_domain::{StoredEnvelope, StreamId, Uuid};
-use edupulse_ports::{Cursor, RecordedEvent, StoreError, StoreHead};
+use edupulse_ports::{Cursor, FollowedRow, RecordedEvent, StoreError, StoreHead, UndecodableRow};
 use sqlx::PgPool;
 use std::sync::LazyLock;
 
@@ -73,6 +74,42 @@ struct EventRow {
 }
 
 impl EventRow {
+    /// The row as an event, or whole with the reason it cannot be one.
+    fn into_followed(self) -> Result<FollowedRow, StoreError> {
+        let cursor = Cursor {
+            commit: to_u64(self.commit_key)?,
+            position: to_u64(self.position)?,
+        };
+        let (event_id, stream_id, stream_version) = (
+            EventId::from_uuid(self.event_id),
+            StreamId::from_uuid(self.stream_id),
+            to_u64(self.stream_version)?,
+        );
+        let event_type = self.event_type.clone();
+        let raw = format!(
+            "{{\"metadata\":{},\"payload\":{}}}",
+            self.metadata, self.payload
+        );
+        Ok(match self.into_recorded() {
+            Ok(event) => FollowedRow::Event(event),
+            Err(e) => {
+                let reason = match &e {
+                    StoreError::Corrupted { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                FollowedRow::Undecodable(UndecodableRow {
+                    event_id,
+                    stream_id,
+                    stream_version,
+                    cursor,
+                    event_type,
+                    raw,
+                    reason,
+                })
+            }
+        })
+    }
+
     fn into_recorded(self) -> Result<RecordedEvent, StoreError> {
         let position = to_u64(self.position)?;
         let version = u16::try_from(self.schema_version).map_err(|_| {
@@ -154,6 +191,22 @@ pub(crate) async fn read_all(
         .await
         .map_err(map_sqlx)?;
     decode_rows(rows)
+}
+
+pub(crate) async fn follow(
+    pool: &PgPool,
+    after: Cursor,
+    limit: usize,
+) -> Result<Vec<FollowedRow>, StoreError> {
+    let limit = check_limit(limit)?;
+    let rows = sqlx::query_as::<_, EventRow>(&READ_ALL_SQL)
+        .bind(clamp(after.commit))
+        .bind(clamp(after.position))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?;
+    rows.into_iter().map(EventRow::into_followed).collect()
 }
 
 pub(crate) async fn read_positions(

@@ -74,6 +74,16 @@ pub struct NatsArgs {
     /// Require TLS to NATS even if the URL does not say so.
     #[arg(long, env = "NATS_TLS_REQUIRED")]
     pub nats_tls_required: bool,
+    /// JetStream's duplicate window of the event stream, in seconds (1 to 604800). Exactly-once
+    /// storage does not depend on it (publishes are fenced per subject); it makes a quick retry
+    /// of an ambiguous publish a plain duplicate acknowledgement, and protects publishers that do
+    /// not use the fence.
+    #[arg(
+        long,
+        env = "EDUPULSE_NATS_DUPLICATE_WINDOW_SECS",
+        default_value_t = 120
+    )]
+    pub nats_duplicate_window_secs: u64,
 }
 
 /// The commands.
@@ -103,6 +113,35 @@ pub enum Command {
         /// Last global position (inclusive).
         #[arg(long)]
         to: u64,
+        /// Store again the events the broker already holds (only a stream's last version: never
+        /// after a later one). Without it, those are counted and nothing is stored.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the streams the relay holds back behind an event it could not decode or publish.
+    Parked {
+        /// PostgreSQL options.
+        #[command(flatten)]
+        pg: PgArgs,
+        /// Checkpoint name.
+        #[arg(long, env = "EDUPULSE_RELAY_NAME", default_value = "default")]
+        name: String,
+    },
+    /// Release a parked stream: the active relay publishes the parked event (once fixed) and
+    /// what waits behind it, in order; with --skip it leaves the parked event out for good.
+    Release {
+        /// PostgreSQL options.
+        #[command(flatten)]
+        pg: PgArgs,
+        /// Checkpoint name.
+        #[arg(long, env = "EDUPULSE_RELAY_NAME", default_value = "default")]
+        name: String,
+        /// The parked stream.
+        #[arg(long)]
+        stream: String,
+        /// Leave the parked event out for good (it is never published).
+        #[arg(long)]
+        skip: bool,
     },
     /// Append events: one from flags, one from --json, or NDJSON lines on stdin (bulk import).
     /// Prints one JSON result per event (position and version, or the error).

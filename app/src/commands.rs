@@ -2,13 +2,13 @@
 
 use crate::cli::{AppendArgs, NatsArgs, PgArgs, ReadArgs, RelayArgs};
 use crate::input::{AppendRequest, InputError, parse_expected, parse_line};
-use crate::relay::RelayConfig;
+use crate::relay::{RelayConfig, ReplayMode};
 use crate::wiring::{Backbone, WiringError, spawn_relay};
 use chrono::Utc;
 use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId};
 use edupulse_ports::{
-    CheckpointStore, EventAppender, EventConsumer, EventReader, LeaseProvider, RecordedEvent,
-    Settlement, StoreError,
+    CheckpointStore, EventAppender, EventConsumer, EventReader, LeaseProvider, ParkedEvent,
+    RecordedEvent, Release, Settlement, StoreError,
 };
 use edupulse_postgres::PgEventStore;
 use futures::StreamExt;
@@ -104,7 +104,13 @@ pub async fn relay(args: &RelayArgs) -> Result<(), WiringError> {
 ///
 /// # Errors
 /// [`WiringError`].
-pub async fn replay(pg: &PgArgs, nats: &NatsArgs, from: u64, to: u64) -> Result<(), WiringError> {
+pub async fn replay(
+    pg: &PgArgs,
+    nats: &NatsArgs,
+    range: std::ops::RangeInclusive<u64>,
+    mode: ReplayMode,
+) -> Result<(), WiringError> {
+    let (from, to) = (*range.start(), *range.end());
     if from > to {
         return Err(WiringError::Config(format!(
             "--from {from} is after --to {to}"
@@ -112,14 +118,17 @@ pub async fn replay(pg: &PgArgs, nats: &NatsArgs, from: u64, to: u64) -> Result<
     }
     let backbone = Backbone::connect(&pg.store_config()?, nats.nats_config()?).await?;
     let relay = backbone.relay(relay_config("replay", 2048, 500));
-    let report = relay.replay(from, to, shutdown_on_signals()).await?;
+    let report = relay.replay(from, to, mode, shutdown_on_signals()).await?;
     println!(
         "{}",
         json!({
             "events": report.events,
             "republished": report.republished,
             "already_in_broker": report.duplicates,
-            "dead_letters": report.dead_letters,
+            "stored_again_forced": report.forced,
+            "refused_earlier_version_not_in_broker": report.refused_earlier_missing,
+            "refused_later_version_in_broker": report.refused_later_present,
+            "refused_by_broker": report.failed,
         })
     );
     Ok(())
@@ -186,6 +195,7 @@ pub async fn status(pg: &PgArgs, name: &str) -> Result<(), WiringError> {
     let checkpoint = store.load(name).await?;
     let holder = store.holder(name).await?;
     let dead = store.dead_letter_count(name).await?;
+    let parked = store.parked(name).await?;
     let oldest = store.oldest_open_transaction().await?;
     let published = checkpoint.as_ref().map_or(0, |c| c.cursor.position);
     let report = json!({
@@ -199,6 +209,7 @@ pub async fn status(pg: &PgArgs, name: &str) -> Result<(), WiringError> {
         "lag_events_estimate": head.last_position.saturating_sub(published),
         "relay_holder": holder,
         "dead_letters": dead,
+        "parked_streams": parked.iter().map(parked_json).collect::<Vec<_>>(),
         "oldest_open_write_transaction": oldest.map(|t| json!({
             "pid": t.pid,
             "age_seconds": t.age.as_secs_f64(),
@@ -211,6 +222,60 @@ pub async fn status(pg: &PgArgs, name: &str) -> Result<(), WiringError> {
     println!(
         "{}",
         serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn parked_json(p: &ParkedEvent) -> serde_json::Value {
+    json!({
+        "stream_id": p.stream_id,
+        "stream_version": p.stream_version,
+        "event_id": p.event_id,
+        "position": p.cursor.position,
+        "reason": p.reason,
+        "parked_at": p.parked_at,
+        "release_requested": p.release.map(Release::as_str),
+    })
+}
+
+/// `parked`: one JSON line per parked stream, with the stored bytes of its parked event.
+///
+/// # Errors
+/// [`WiringError`].
+pub async fn parked(pg: &PgArgs, name: &str) -> Result<(), WiringError> {
+    let store = connect_store(pg).await?;
+    let mut out = std::io::stdout().lock();
+    for p in store.parked(name).await? {
+        let mut line = parked_json(&p);
+        line["raw"] = serde_json::Value::String(p.raw.clone());
+        let _ = writeln!(out, "{line}");
+    }
+    Ok(())
+}
+
+/// `release`: asks the active relay to release a parked stream.
+///
+/// # Errors
+/// [`WiringError::Config`] when the stream is not parked.
+pub async fn release(
+    pg: &PgArgs,
+    name: &str,
+    stream: &str,
+    release: Release,
+) -> Result<(), WiringError> {
+    let stream: StreamId = stream
+        .parse()
+        .map_err(|e| WiringError::Config(format!("--stream is not a UUID: {e}")))?;
+    let store = connect_store(pg).await?;
+    if !store.request_release(name, stream, release).await? {
+        return Err(WiringError::Config(format!(
+            "stream {stream} is not parked for relay {name:?} (see `edupulse-events parked`)"
+        )));
+    }
+    println!(
+        "{}",
+        json!({"stream_id": stream, "release": release.as_str(), "requested": true,
+               "note": "the active relay releases it within a second; `parked` shows the outcome"})
     );
     Ok(())
 }

@@ -66,13 +66,19 @@ async fn metrics(State(state): State<AppState>) -> String {
     state.prometheus.render()
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
+    if let Some(reason) = state.stats.blocked_reason() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the broker refuses the whole stream: {reason}\n"),
+        );
+    }
     if state.stats.is_healthy(Duration::from_secs(10)) {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".into())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no healthy iteration in 10 s\n",
+            "not ready: no healthy iteration in 10 s\n".into(),
         )
     }
 }

@@ -4,7 +4,9 @@
 use anyhow::Context;
 use clap::Parser;
 use edupulse_app::cli::{Cli, Command};
+use edupulse_app::relay::ReplayMode;
 use edupulse_app::{bench, commands, demo, telemetry};
+use edupulse_ports::Release;
 use std::process::ExitCode;
 
 /// mimalloc rather than the system allocator: the relay allocates and frees many small buffers
@@ -41,7 +43,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Migrate { pg } => commands::migrate(&pg).await.context("migrate")?,
         Command::Relay(args) => commands::relay(&args).await.context("relay")?,
-        Command::Replay { pg, nats, from, to } => commands::replay(&pg, &nats, from, to)
+        Command::Replay {
+            pg,
+            nats,
+            from,
+            to,
+            force,
+        } => commands::replay(&pg, &nats, from..=to, replay_mode(force))
             .await
             .context("replay")?,
         Command::Append(args) => {
@@ -60,6 +68,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             .await
             .context("tail")?,
         Command::Status { pg, name } => commands::status(&pg, &name).await.context("status")?,
+        Command::Parked { pg, name } => commands::parked(&pg, &name).await.context("parked")?,
+        Command::Release {
+            pg,
+            name,
+            stream,
+            skip,
+        } => commands::release(&pg, &name, &stream, release_of(skip))
+            .await
+            .context("release")?,
         Command::Demo(args) => {
             let report = demo::run(&args).await.context("demo")?;
             demo::print(&report);
@@ -70,6 +87,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&args).await.context("bench")?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn replay_mode(force: bool) -> ReplayMode {
+    if force {
+        ReplayMode::Force
+    } else {
+        ReplayMode::Missing
+    }
+}
+
+fn release_of(skip: bool) -> Release {
+    if skip { Release::Skip } else { Release::Retry }
 }
 
 /// The error chain on one line ("relay: PostgreSQL: event store unavailable: …"). Drivers often

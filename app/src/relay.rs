@@ -33,13 +33,15 @@
 
 use crate::stats::LatencyHistogram;
 use chrono::Utc;
+use edupulse_domain::StreamId;
 use edupulse_ports::{
-    CheckpointStore, CommitHints, Cursor, EventPublisher, EventStore, Lease, LeaseProvider,
-    PublishError, RecordedEvent, StoreError,
+    CheckpointStore, CommitHints, Cursor, EventPublisher, EventStore, FollowedRow, Lease,
+    LeaseProvider, PublishError, RecordedEvent, StoreError,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use rand::Rng;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -118,8 +120,12 @@ pub struct RelayStats {
     pub duplicates: AtomicU64,
     /// Publish or read attempts that failed and were retried.
     pub retries: AtomicU64,
-    /// Events dead-lettered (refused for good by the broker).
-    pub dead_letters: AtomicU64,
+    /// Streams this relay parked (an event it could not decode or the broker refused for good).
+    pub parked: AtomicU64,
+    /// Events held back behind a parked event of their stream.
+    pub held: AtomicU64,
+    /// Why publishing is blocked for every stream (the broker refuses the whole stream), if it is.
+    pub blocked: std::sync::Mutex<Option<String>>,
     /// Global position of the last checkpoint saved.
     pub checkpoint_position: AtomicU64,
     /// Global position of the store's tip at the last check.
@@ -140,6 +146,14 @@ impl RelayStats {
         self.heartbeat_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Why the broker refuses every event (a sealed or deleted stream), while it does.
+    pub fn blocked_reason(&self) -> Option<String> {
+        self.blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Whether the relay had a healthy iteration within `within`.
     pub fn is_healthy(&self, within: Duration) -> bool {
         let now = u64::try_from(Utc::now().timestamp_millis()).unwrap_or_default();
@@ -156,21 +170,11 @@ impl RelayStats {
     }
 }
 
-/// Outcome of a [`Relay::replay`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReplayReport {
-    /// Events read from the store.
-    pub events: u64,
-    /// Of which the broker did not have (newly stored).
-    pub republished: u64,
-    /// Of which the broker already had.
-    pub duplicates: u64,
-    /// Of which were dead-lettered.
-    pub dead_letters: u64,
-}
-
 /// How often, at most, the idle relay reads the store's head for the lag metric.
 const HEAD_REFRESH: Duration = Duration::from_secs(1);
+
+/// How often the active relay looks for parked streams an operator asked to release.
+const RELEASE_POLL: Duration = Duration::from_secs(1);
 
 /// Why a batch could not be fully settled, or why the active loop ended.
 enum Interrupted {
@@ -331,7 +335,12 @@ impl Relay {
     ) -> Interrupted {
         let mut hints: Option<BoxStream<'static, ()>> = None;
         let mut failures = 0u32;
-        let mut next_page: Option<Vec<RecordedEvent>> = None;
+        let mut next_page: Option<Vec<FollowedRow>> = None;
+        let mut parked = match self.load_parked(lease, shutdown).await {
+            Ok(parked) => parked,
+            Err(why) => return why,
+        };
+        let mut release_checked: Option<std::time::Instant> = None;
         let mut head_refreshed: Option<std::time::Instant> = None;
         // After a hint that read nothing, how soon to read again (see below).
         let mut recheck: Option<Duration> = None;
@@ -345,12 +354,18 @@ impl Relay {
             if hints.is_none() {
                 hints = self.ports.hints.subscribe().await.ok();
             }
+            if release_checked.is_none_or(|t| t.elapsed() >= RELEASE_POLL) {
+                release_checked = Some(std::time::Instant::now());
+                if let Err(why) = self.release_requested(&mut parked, lease, shutdown).await {
+                    return why;
+                }
+            }
             let page = match next_page.take() {
                 Some(page) => Ok(page),
                 None => {
                     self.ports
                         .store
-                        .read_all(cursor, self.config.batch_size)
+                        .follow(cursor, self.config.batch_size)
                         .await
                 }
             };
@@ -412,24 +427,30 @@ impl Relay {
             // is a task of its own: decoding a page of rows is milliseconds of CPU, and inside
             // this task it would stop the publisher from sending and taking acks meanwhile
             // (the broker then idles); as a task it runs on another worker, or interleaved.
-            let last = page.last().map_or(cursor, |e| e.cursor);
+            let last = page.last().map_or(cursor, FollowedRow::cursor);
             let full = page.len() == self.config.batch_size;
             let read_ahead = (full && !shutdown.is_cancelled()).then(|| {
                 let store = self.ports.store.clone();
                 let limit = self.config.batch_size;
-                tokio::spawn(async move { store.read_all(last, limit).await.ok() })
+                tokio::spawn(async move { store.follow(last, limit).await.ok() })
             });
+            let page = match self.sort_page(page, &mut parked, lease, shutdown).await {
+                Ok(page) => page,
+                Err(why) => return why,
+            };
             let read_ahead = async {
                 match read_ahead {
                     Some(task) => task.await.ok().flatten(),
                     None => None,
                 }
             };
-            let (settled, ahead) =
-                tokio::join!(self.settle_batch(&page, lease, shutdown), read_ahead);
+            let (settled, ahead) = tokio::join!(
+                self.settle_batch(&page, lease, shutdown, Some(&mut parked)),
+                read_ahead
+            );
             next_page = ahead;
             match settled {
-                Ok(()) => {
+                Ok(_) => {
                     cursor = last;
                     acked.send_replace(cursor);
                 }
@@ -519,18 +540,22 @@ impl Relay {
         }
     }
 
-    /// Publishes `batch` until every event is acknowledged or dead-lettered. On interruption,
-    /// returns the cursor up to which everything was settled, if any.
+    /// Publishes `batch` until every event is acknowledged, or parked with its stream (refused
+    /// for good by the broker; with `parked` given, else given up and counted as failed). On
+    /// interruption, returns the cursor up to which everything was settled, if any.
     async fn settle_batch(
         &self,
         batch: &[RecordedEvent],
         lease: &dyn Lease,
         shutdown: &CancellationToken,
-    ) -> Result<(), (Option<Cursor>, Interrupted)> {
+        mut parked: Option<&mut HashSet<StreamId>>,
+    ) -> Result<HashSet<StreamId>, (Option<Cursor>, Interrupted)> {
         let span = info_span!("publish_batch", size = batch.len());
         async {
             metrics::histogram!("edupulse_relay_batch_size").record(batch.len() as f64);
+            let mut retry: Vec<RecordedEvent>;
             let mut pending = batch;
+            let mut given_up: HashSet<StreamId> = HashSet::new();
             let mut settled_to: Option<Cursor> = None;
             let mut failures = 0u32;
             while !pending.is_empty() {
@@ -546,8 +571,21 @@ impl Relay {
                 let mut failure: Option<&PublishError> = None;
                 for (event, result) in pending.iter().zip(&results) {
                     match result {
+                        _ if given_up.contains(&event.stream_id) => self.held_back(1),
                         Ok(ack) => self.acked(event, ack.duplicate),
-                        Err(e) if e.is_permanent() => self.dead_letter(event, e).await,
+                        Err(e) if e.is_permanent() => {
+                            given_up.insert(event.stream_id);
+                            // Without a parking lot (replay, releases) the caller reports
+                            // the given-up stream as failed instead.
+                            if let Some(parked) = parked.as_deref_mut() {
+                                let raw = event.envelope.encode();
+                                let raw = String::from_utf8_lossy(&raw).into_owned();
+                                let poison = parking::Poison::of(event, e.to_string(), raw);
+                                if let Err(i) = self.park(poison, parked, lease, shutdown).await {
+                                    return Err((settled_to, i));
+                                }
+                            }
+                        }
                         Err(e) => {
                             failure = Some(e);
                             break;
@@ -555,6 +593,7 @@ impl Relay {
                     }
                     done += 1;
                 }
+                self.note_blocked(failure);
                 if results.len() < pending.len() && failure.is_none() {
                     // A publisher must answer for every event; treat a short answer as a failure.
                     warn!("publisher returned fewer results than events; retrying the rest");
@@ -562,7 +601,24 @@ impl Relay {
                 if done > 0 {
                     settled_to = Some(pending[done - 1].cursor);
                 }
-                pending = &pending[done..];
+                if pending.len() == done {
+                    break;
+                }
+                // What is left, less the streams given up (their events wait behind the parked
+                // one). Copied only on this failure path.
+                let left: Vec<RecordedEvent> = pending[done..]
+                    .iter()
+                    .filter(|e| {
+                        let held = given_up.contains(&e.stream_id);
+                        if held {
+                            self.held_back(1);
+                        }
+                        !held
+                    })
+                    .cloned()
+                    .collect();
+                retry = left;
+                pending = &retry;
                 if pending.is_empty() {
                     break;
                 }
@@ -587,10 +643,33 @@ impl Relay {
                     () = tokio::time::sleep(delay) => {}
                 }
             }
-            Ok(())
+            self.note_blocked(None);
+            Ok(given_up)
         }
         .instrument(span)
         .await
+    }
+
+    /// Records why the whole broker stream refuses writes (readiness reports it), or clears it.
+    fn note_blocked(&self, failure: Option<&PublishError>) {
+        let reason = match failure {
+            Some(e @ PublishError::Misconfigured { .. }) => Some(e.to_string()),
+            Some(_) => return,
+            None => None,
+        };
+        let mut blocked = self
+            .stats
+            .blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if reason.is_some() && *blocked != reason {
+            error!(
+                reason = reason.as_deref().unwrap_or_default(),
+                "the broker refuses the whole stream; publishing nothing until it is fixed"
+            );
+        }
+        metrics::gauge!("edupulse_relay_blocked").set(if reason.is_some() { 1.0 } else { 0.0 });
+        *blocked = reason;
     }
 
     fn acked(&self, event: &RecordedEvent, duplicate: bool) {
@@ -614,73 +693,6 @@ impl Relay {
             self.stats.commit_to_ack.record(latency);
             handles.commit_to_ack.record(latency.as_secs_f64());
         }
-    }
-
-    async fn dead_letter(&self, event: &RecordedEvent, reason: &PublishError) {
-        error!(
-            event_id = %event.envelope.id,
-            position = event.position(),
-            error = %reason,
-            "broker refused the event for good; recorded as dead letter and moving on"
-        );
-        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("edupulse_relay_dead_letters_total").increment(1);
-        // Keep trying to record it: moving on without a record would lose the event silently.
-        let mut failures = 0;
-        while let Err(e) = self
-            .ports
-            .checkpoints
-            .record_dead_letter(&self.config.name, event, &reason.to_string())
-            .await
-        {
-            failures += 1;
-            self.note_store_error("record dead letter", &e);
-            tokio::time::sleep(backoff_delay(&self.config, failures)).await;
-        }
-    }
-
-    /// Re-publishes the events with global positions in `from..=to` (for a broker that lost
-    /// data). Safe to repeat: the broker deduplicates by event id within its window. The checkpoint
-    /// is not touched. Needs no lease: it can run beside the active relay.
-    ///
-    /// # Errors
-    /// A store error that is not retryable.
-    pub async fn replay(
-        &self,
-        from: u64,
-        to: u64,
-        shutdown: CancellationToken,
-    ) -> Result<ReplayReport, StoreError> {
-        let mut report = ReplayReport::default();
-        let mut next = from;
-        let always = AlwaysHeld;
-        while next <= to && !shutdown.is_cancelled() {
-            let page = self
-                .ports
-                .store
-                .read_positions(next, to, self.config.batch_size)
-                .await?;
-            let Some(last) = page.last() else { break };
-            next = last.position() + 1;
-            let before = self.snapshot();
-            if self.settle_batch(&page, &always, &shutdown).await.is_err() {
-                break;
-            }
-            let after = self.snapshot();
-            report.events += page.len() as u64;
-            report.republished += after.0 - before.0;
-            report.duplicates += after.1 - before.1;
-            report.dead_letters += after.2 - before.2;
-        }
-        Ok(report)
-    }
-
-    fn snapshot(&self) -> (u64, u64, u64) {
-        (
-            self.stats.published.load(Ordering::Relaxed),
-            self.stats.duplicates.load(Ordering::Relaxed),
-            self.stats.dead_letters.load(Ordering::Relaxed),
-        )
     }
 }
 
@@ -709,5 +721,9 @@ fn backoff_delay(config: &RelayConfig, failures: u32) -> Duration {
     delay
 }
 
+mod parking;
+mod replay;
 #[cfg(test)]
 mod tests;
+
+pub use replay::{ReplayMode, ReplayReport};

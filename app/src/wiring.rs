@@ -62,6 +62,10 @@ impl PgArgs {
     }
 }
 
+/// A week: JetStream keeps every message id of the window in memory, so a longer window only
+/// costs memory for no gain (exactly-once storage does not rest on it).
+const MAX_DUPLICATE_WINDOW_SECS: u64 = 7 * 24 * 3600;
+
 impl NatsArgs {
     /// The NATS configuration, or an error naming the missing setting.
     ///
@@ -79,6 +83,13 @@ impl NatsArgs {
             self.subject_prefix.clone(),
         );
         config.replicas = self.nats_replicas.max(1);
+        if !(1..=MAX_DUPLICATE_WINDOW_SECS).contains(&self.nats_duplicate_window_secs) {
+            return Err(WiringError::Config(format!(
+                "--nats-duplicate-window-secs {} is outside 1..={MAX_DUPLICATE_WINDOW_SECS}",
+                self.nats_duplicate_window_secs
+            )));
+        }
+        config.duplicate_window = std::time::Duration::from_secs(self.nats_duplicate_window_secs);
         config.tls.require_tls = self.nats_tls_required;
         config.tls.root_ca = self.nats_ca.clone();
         if let Some(creds) = &self.nats_creds {

@@ -44,7 +44,7 @@ pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod memory;
 
-pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use checkpoint::{Checkpoint, CheckpointStore, ParkedEvent, Release};
 pub use consumer::{
     ConsumeError, Delivery, DeliveryToken, EventConsumer, EventHandler, HandlerError, RetryPolicy,
     Settlement, StreamOrderGuard, StreamPosition,
@@ -54,5 +54,5 @@ pub use lease::{Lease, LeaseProvider};
 pub use publisher::{EventPublisher, PublishAck, PublishResult};
 pub use store::{
     AppendOutcome, AppendedEvent, CommitHints, Cursor, EventAppender, EventReader, EventStore,
-    RecordedEvent, StoreHead, validate_batch,
+    FollowedRow, RecordedEvent, StoreHead, UndecodableRow, validate_batch,
 };

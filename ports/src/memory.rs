@@ -7,8 +7,8 @@
 use crate::{
     AppendOutcome, AppendedEvent, Checkpoint, CheckpointStore, CommitHints, ConsumeError, Cursor,
     Delivery, DeliveryToken, EventAppender, EventConsumer, EventPublisher, EventReader, Lease,
-    LeaseProvider, PublishAck, PublishError, PublishResult, RecordedEvent, Settlement, StoreError,
-    StoreHead,
+    LeaseProvider, ParkedEvent, PublishAck, PublishError, PublishResult, RecordedEvent, Release,
+    Settlement, StoreError, StoreHead,
 };
 use async_trait::async_trait;
 use chrono::Utc;
@@ -34,6 +34,7 @@ struct StoreState {
     commits: u64,
     checkpoints: HashMap<String, Checkpoint>,
     dead_letters: HashMap<String, BTreeSet<EventId>>,
+    parked: HashMap<String, Vec<ParkedEvent>>,
     leases: HashMap<String, (u64, String, Arc<LeaseFlag>)>,
     hints: Vec<mpsc::UnboundedSender<()>>,
     unavailable: bool,
@@ -313,6 +314,48 @@ impl CheckpointStore for InMemoryEventStore {
             .get(name)
             .map_or(0, |s| s.len() as u64))
     }
+
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        let parked = state.parked.entry(name.to_owned()).or_default();
+        match parked.iter_mut().find(|p| p.stream_id == event.stream_id) {
+            Some(p) if p.release.is_some() => {
+                p.reason.clone_from(&event.reason);
+                p.release = None;
+            }
+            Some(_) => {}
+            None => parked.push(event.clone()),
+        }
+        Ok(())
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        Ok(self.state()?.parked.get(name).cloned().unwrap_or_default())
+    }
+
+    async fn request_release(
+        &self,
+        name: &str,
+        stream: StreamId,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        let parked = state.parked.entry(name.to_owned()).or_default();
+        Ok(match parked.iter_mut().find(|p| p.stream_id == stream) {
+            Some(p) => {
+                p.release = Some(release);
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn unpark(&self, name: &str, stream: StreamId) -> Result<(), StoreError> {
+        if let Some(parked) = self.state()?.parked.get_mut(name) {
+            parked.retain(|p| p.stream_id != stream);
+        }
+        Ok(())
+    }
 }
 
 struct LeaseFlag {
@@ -454,6 +497,11 @@ impl InMemoryBroker {
         lock(&self.state).reject_ids.insert(id);
     }
 
+    /// Stops refusing this event (an operator fixed the cause).
+    pub fn accept(&self, id: EventId) {
+        lock(&self.state).reject_ids.remove(&id);
+    }
+
     /// While `true`, every publish fails with [`PublishError::Unavailable`].
     pub fn set_down(&self, down: bool) {
         lock(&self.state).down = down;
@@ -502,6 +550,35 @@ impl EventPublisher for InMemoryBroker {
             })
             .collect()
     }
+
+    async fn last_version(&self, stream: StreamId) -> Result<Option<u64>, PublishError> {
+        let state = lock(&self.state);
+        if state.down {
+            return Err(PublishError::Unavailable("in-memory broker is down".into()));
+        }
+        Ok(last_version_of(&state, stream))
+    }
+
+    async fn republish(&self, event: &RecordedEvent) -> PublishResult {
+        let mut state = lock(&self.state);
+        if state.down {
+            return Err(PublishError::Unavailable("in-memory broker is down".into()));
+        }
+        state.messages.push(event.clone());
+        Ok(PublishAck {
+            duplicate: false,
+            sequence: state.messages.len() as u64,
+        })
+    }
+}
+
+fn last_version_of(state: &BrokerState, stream: StreamId) -> Option<u64> {
+    state
+        .messages
+        .iter()
+        .filter(|m| m.stream_id == stream)
+        .map(|m| m.stream_version)
+        .max()
 }
 
 fn publish_one(state: &mut BrokerState, event: &RecordedEvent) -> PublishResult {

@@ -1,5 +1,6 @@
 use crate::{PublishError, RecordedEvent};
 use async_trait::async_trait;
+use edupulse_domain::StreamId;
 
 /// The broker's acknowledgement of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,4 +29,16 @@ pub trait EventPublisher: Send + Sync {
     ///
     /// A caller may checkpoint up to the longest prefix of successes.
     async fn publish(&self, events: &[RecordedEvent]) -> Vec<PublishResult>;
+
+    /// The highest version of `stream` the broker holds (`None`: none of it). Replay uses it to
+    /// never store an event after a later version of its stream, nor before an earlier one.
+    ///
+    /// # Errors
+    /// [`PublishError::Unavailable`], [`PublishError::Timeout`] when the broker cannot answer.
+    async fn last_version(&self, stream: StreamId) -> Result<Option<u64>, PublishError>;
+
+    /// Stores `event` again although the broker may hold it (an operator's forced replay, for
+    /// consumers that lost it). The caller checks that it is its stream's last version, so the
+    /// copy never lands after a later version.
+    async fn republish(&self, event: &RecordedEvent) -> PublishResult;
 }

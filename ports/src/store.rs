@@ -54,6 +54,54 @@ impl RecordedEvent {
     }
 }
 
+/// A stored row that cannot be decoded into an event (written by hand, by an older build, or
+/// beyond what the decoder accepts). It comes back whole, so that a follower can park it with its
+/// reason instead of stalling on it or skipping it silently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndecodableRow {
+    /// The row's event id.
+    pub event_id: EventId,
+    /// Its stream.
+    pub stream_id: StreamId,
+    /// Its version in the stream.
+    pub stream_version: u64,
+    /// Where it is in the commit-safe order.
+    pub cursor: Cursor,
+    /// The stored event type.
+    pub event_type: String,
+    /// The stored metadata and payload, as JSON text, exactly as stored.
+    pub raw: String,
+    /// Why it cannot be decoded.
+    pub reason: String,
+}
+
+/// One row read by a follower ([`EventReader::follow`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowedRow {
+    /// A decoded event.
+    Event(RecordedEvent),
+    /// A row that cannot be decoded.
+    Undecodable(UndecodableRow),
+}
+
+impl FollowedRow {
+    /// The row's place in the commit-safe order.
+    pub fn cursor(&self) -> Cursor {
+        match self {
+            FollowedRow::Event(e) => e.cursor,
+            FollowedRow::Undecodable(r) => r.cursor,
+        }
+    }
+
+    /// The row's stream.
+    pub fn stream_id(&self) -> StreamId {
+        match self {
+            FollowedRow::Event(e) => e.stream_id,
+            FollowedRow::Undecodable(r) => r.stream_id,
+        }
+    }
+}
+
 /// One appended event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendedEvent {
@@ -147,6 +195,21 @@ pub trait EventReader: Send + Sync {
     /// As [`EventReader::read_stream`].
     async fn read_all(&self, after: Cursor, limit: usize)
     -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// [`EventReader::read_all`] for a follower that must not stall on one bad row: a row that
+    /// cannot be decoded comes back as [`FollowedRow::Undecodable`] in its place, and the rows
+    /// after it still come. The default suits stores that never hold undecodable rows.
+    ///
+    /// # Errors
+    /// As [`EventReader::read_stream`], except [`StoreError::Corrupted`].
+    async fn follow(&self, after: Cursor, limit: usize) -> Result<Vec<FollowedRow>, StoreError> {
+        Ok(self
+            .read_all(after, limit)
+            .await?
+            .into_iter()
+            .map(FollowedRow::Event)
+            .collect())
+    }
 
     /// Reads at most `limit` events with global positions in `from..=to`, by position: for
     /// re-publishing a range (replay). Unlike [`EventReader::read_all`] it does not wait for

@@ -5,8 +5,8 @@
 
 use crate::stats::LatencyHistogram;
 use async_trait::async_trait;
-use edupulse_domain::EventId;
-use edupulse_ports::{EventPublisher, PublishResult, RecordedEvent};
+use edupulse_domain::{EventId, StreamId};
+use edupulse_ports::{EventPublisher, PublishError, PublishResult, RecordedEvent};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -45,5 +45,13 @@ impl EventPublisher for TimingPublisher {
             }
         }
         results
+    }
+
+    async fn last_version(&self, stream: StreamId) -> Result<Option<u64>, PublishError> {
+        self.inner.last_version(stream).await
+    }
+
+    async fn republish(&self, event: &RecordedEvent) -> PublishResult {
+        self.inner.republish(event).await
     }
 }

@@ -1,9 +1,9 @@
 //! The relay against the in-memory fakes: ordering, faults, poison events, leases, shutdown.
 
 use super::*;
-use edupulse_domain::{BadgeAwarded, EventEnvelope, ExpectedVersion, StreamId, Uuid};
-use edupulse_ports::EventAppender;
+use edupulse_domain::{BadgeAwarded, EventEnvelope, ExpectedVersion, Uuid};
 use edupulse_ports::memory::{BrokerFault, InMemoryBroker, InMemoryEventStore};
+use edupulse_ports::{EventAppender, Release};
 use std::collections::HashMap;
 
 fn ports(store: &InMemoryEventStore, broker: &InMemoryBroker) -> RelayPorts {
@@ -156,24 +156,95 @@ async fn store_outage_then_recovery() {
     assert_exactly_once_in_stream_order(&store, &broker);
 }
 
+/// Waits until `relay` parked `n` streams and the rest flowed (or panics after 10 s).
+async fn wait_parked(relay: &Relay, broker: &InMemoryBroker, n: u64, published: usize) {
+    for _ in 0..1000 {
+        if relay.stats().parked.load(Ordering::Relaxed) >= n && broker.messages().len() >= published
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not parked");
+}
+
+fn assert_in_stream_order(broker: &InMemoryBroker) {
+    let mut last: HashMap<StreamId, u64> = HashMap::new();
+    for m in broker.messages() {
+        let prev = last.insert(m.stream_id, m.stream_version).unwrap_or(0);
+        assert!(m.stream_version > prev, "per-stream order at the broker");
+    }
+}
+
 #[tokio::test]
-async fn poison_event_is_dead_lettered_and_the_rest_flows() {
+async fn poison_event_parks_its_stream_and_the_rest_flows_until_skipped() {
     let (store, broker) = (InMemoryEventStore::new(), InMemoryBroker::new());
-    append_events(&store, 3, 4).await;
+    let streams = append_events(&store, 3, 4).await;
+    // Round robin: the sixth event is version 2 of the third stream.
     let poison = store.all_events()[5].clone();
+    assert_eq!((poison.stream_id, poison.stream_version), (streams[2], 2));
     broker.reject_always(poison.envelope.id);
     let relay = Arc::new(Relay::new(ports(&store, &broker), config()));
     let (stop, handle) = spawn(relay.clone());
+    // The other streams flow; the poison's stream stops before it (versions 3 and 4 held).
+    wait_parked(&relay, &broker, 1, 9).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(broker.messages().len(), 9);
+    let parked = store.parked("default").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event_id, poison.envelope.id);
+    assert!(parked[0].raw.contains(&poison.envelope.id.to_string()));
+    let cp = store.load("default").await.unwrap().unwrap();
+    assert_eq!(cp.cursor, store.all_events().last().unwrap().cursor);
+
+    // Released with --skip: what waited behind it goes, in order; the poison never does.
+    assert!(
+        store
+            .request_release("default", streams[2], Release::Skip)
+            .await
+            .unwrap()
+    );
     wait_for(&broker, 11).await;
     stop.cancel();
     handle.await.unwrap();
     let published: Vec<_> = broker.messages().iter().map(|m| m.envelope.id).collect();
     assert!(!published.contains(&poison.envelope.id));
     assert_eq!(published.len(), 11);
-    assert_eq!(store.dead_letter_count("default").await.unwrap(), 1);
-    assert_eq!(relay.stats().dead_letters.load(Ordering::Relaxed), 1);
-    let cp = store.load("default").await.unwrap().unwrap();
-    assert_eq!(cp.cursor, store.all_events().last().unwrap().cursor);
+    assert!(store.parked("default").await.unwrap().is_empty());
+    assert_in_stream_order(&broker);
+}
+
+#[tokio::test]
+async fn a_parked_stream_released_after_a_fix_publishes_everything_in_order() {
+    let (store, broker) = (InMemoryEventStore::new(), InMemoryBroker::new());
+    let streams = append_events(&store, 2, 3).await;
+    let poison = store.all_events()[1].clone();
+    broker.reject_always(poison.envelope.id);
+    let relay = Arc::new(Relay::new(ports(&store, &broker), config()));
+    let (stop, handle) = spawn(relay.clone());
+    wait_parked(&relay, &broker, 1, 3).await;
+    // A release that fails again parks the stream again and clears the request.
+    store
+        .request_release("default", streams[1], Release::Retry)
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        let parked = store.parked("default").await.unwrap();
+        if parked[0].release.is_none() && parked[0].reason.starts_with("release") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(broker.messages().len(), 3);
+    broker.accept(poison.envelope.id);
+    store
+        .request_release("default", streams[1], Release::Retry)
+        .await
+        .unwrap();
+    wait_for(&broker, 6).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert_exactly_once_in_stream_order(&store, &broker);
 }
 
 #[tokio::test]
@@ -235,12 +306,37 @@ async fn replay_republishes_a_range_safely() {
     let (store, broker) = (InMemoryEventStore::new(), InMemoryBroker::new());
     append_events(&store, 2, 5).await;
     let relay = Relay::new(ports(&store, &broker), config());
-    let report = relay.replay(1, 10, CancellationToken::new()).await.unwrap();
+    let replay = |from, to, mode| relay.replay(from, to, mode, CancellationToken::new());
+    // Positions alternate between the two streams: 1..=5 are versions 1..=3 of one, 1..=2 of
+    // the other, each following its predecessor.
+    let first = replay(1, 5, ReplayMode::Missing).await.unwrap();
+    assert_eq!((first.events, first.republished), (5, 5));
+    // The whole range: the first five are there already, the rest follow them in order.
+    let report = replay(1, 10, ReplayMode::Missing).await.unwrap();
     assert_eq!(report.events, 10);
-    assert_eq!(report.republished, 10);
-    let again = relay.replay(3, 6, CancellationToken::new()).await.unwrap();
+    assert_eq!((report.republished, report.duplicates), (5, 5));
+    let again = replay(3, 6, ReplayMode::Missing).await.unwrap();
     assert_eq!((again.events, again.duplicates), (4, 4));
     assert_eq!(broker.messages().len(), 10);
+    assert_exactly_once_in_stream_order(&store, &broker);
+}
+
+#[tokio::test]
+async fn replay_never_stores_a_version_before_its_predecessor_or_after_a_later_one() {
+    let (store, broker) = (InMemoryEventStore::new(), InMemoryBroker::new());
+    append_events(&store, 1, 6).await;
+    let relay = Relay::new(ports(&store, &broker), config());
+    let replay = |from, to, mode| relay.replay(from, to, mode, CancellationToken::new());
+    // Version 6 while 1..=5 are unpublished: refused, nothing stored.
+    let early = replay(6, 6, ReplayMode::Missing).await.unwrap();
+    assert_eq!((early.refused_earlier_missing, early.republished), (1, 0));
+    assert!(broker.messages().is_empty());
+    replay(1, 6, ReplayMode::Missing).await.unwrap();
+    // Forced: only the stream's last version may be stored again.
+    let forced = replay(5, 6, ReplayMode::Force).await.unwrap();
+    assert_eq!((forced.refused_later_present, forced.forced), (1, 1));
+    let versions: Vec<u64> = broker.messages().iter().map(|m| m.stream_version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 6]);
 }
 
 #[test]

@@ -28,6 +28,7 @@ async fn quick_bench_runs_and_writes_its_outputs() {
             nats_nkey: None,
             nats_ca: None,
             nats_tls_required: false,
+            nats_duplicate_window_secs: 120,
         },
         quick: true,
         backlog: 5_000,

@@ -11,11 +11,11 @@ use edupulse_domain::{
     LessonPublished, LessonTitle, MAX_NESTING_DEPTH, Metadata, StreamId, Uuid,
 };
 use edupulse_integration_tests::{fresh_database, shared_nats, unique_name};
-use edupulse_ports::{CheckpointStore, EventAppender, EventReader, StoreError};
+use edupulse_ports::{CheckpointStore, EventAppender, EventReader, Release, StoreError};
 
 use crate::checker::lock;
 use crate::workload::{
-    RUN_KEY, Run, Workload, append_until_acknowledged, event, nats_config, pg_config,
+    RUN_KEY, Run, Workload, append_until_acknowledged, event, nats_config, pg_config, wait_parked,
 };
 
 /// An event of `stream` carrying `bytes` bytes of metadata.
@@ -169,7 +169,7 @@ async fn an_event_too_large_is_refused_before_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_smaller_than_the_store_dead_letters_and_moves_on() {
+async fn broker_smaller_than_the_store_parks_the_stream_and_the_rest_flows() {
     let db = fresh_database().await;
     let nats = shared_nats().await;
     let name = unique_name("dead_letters");
@@ -212,27 +212,30 @@ async fn broker_smaller_than_the_store_dead_letters_and_moves_on() {
     let store = run.backbone.store.clone();
     let stats = relay.stats.clone();
     let name = run.name.clone();
-    // The checker expects the poison events' versions to be skipped, nothing else.
-    let mut figures = run.finish("broker_max_payload_dead_letter", &poison).await;
-    Run::stop_relay(relay).await;
-    let recorded: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT event_id FROM relay_dead_letters WHERE name = $1 ORDER BY position",
-    )
-    .bind(&name)
-    .fetch_all(store.pool())
-    .await
-    .expect("dead letters");
-    let recorded: HashSet<_> = recorded
-        .into_iter()
-        .map(edupulse_domain::EventId::from_uuid)
-        .collect();
+    // Each poison event parks its stream, with its bytes and the broker's reason.
+    let parked = wait_parked(&*store, &name, 3).await;
+    let recorded: HashSet<_> = parked.iter().map(|p| p.event_id).collect();
     assert_eq!(
         recorded, poison,
-        "each poison event is recorded, nothing else"
+        "each poison event is parked, nothing else"
     );
-    assert_eq!(store.dead_letter_count(&name).await.expect("count"), 3);
-    assert_eq!(stats.dead_letters.load(Ordering::Relaxed), 3);
-    figures.notes = "3 events above the broker's limit dead-lettered (recorded, counted)".into();
+    assert!(parked.iter().all(|p| p.raw.len() > 100 * 1024));
+    // An operator leaves the poison events out: what waited behind them follows, in order.
+    for p in &parked {
+        assert!(
+            store
+                .request_release(&name, p.stream_id, Release::Skip)
+                .await
+                .expect("release")
+        );
+    }
+    // The checker expects the poison events' versions to be skipped, nothing else.
+    let mut figures = run.finish("broker_max_payload_parked", &poison).await;
+    Run::stop_relay(relay).await;
+    assert!(store.parked(&name).await.expect("parked").is_empty());
+    assert_eq!(stats.parked.load(Ordering::Relaxed), 3);
+    figures.notes =
+        "3 events above the broker's limit parked their streams; released with --skip".into();
     figures.report_and_check();
 }
 

@@ -13,7 +13,9 @@ use edupulse_app::wiring::{Backbone, RunningRelay, spawn_relay};
 use edupulse_domain::{EventEnvelope, EventId, ExpectedVersion, Metadata, StreamId};
 use edupulse_integration_tests::unique_name;
 use edupulse_nats::{NatsConfig, NatsConsumer};
-use edupulse_ports::{AppendOutcome, EventAppender, EventConsumer, Settlement};
+use edupulse_ports::{
+    AppendOutcome, CheckpointStore, EventAppender, EventConsumer, ParkedEvent, Settlement,
+};
 use edupulse_postgres::{PgEventStore, PgStoreConfig};
 use secrecy::SecretString;
 use tokio::task::JoinHandle;
@@ -30,6 +32,27 @@ pub(crate) fn soak_factor() -> u32 {
 
 /// How long to wait for everything acknowledged to be consumed before judging.
 pub(crate) const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits until relay `name` parked `n` streams; panics after [`CONVERGENCE_TIMEOUT`].
+pub(crate) async fn wait_parked(
+    store: &dyn CheckpointStore,
+    name: &str,
+    n: usize,
+) -> Vec<ParkedEvent> {
+    let deadline = Instant::now() + CONVERGENCE_TIMEOUT;
+    loop {
+        let parked = store.parked(name).await.unwrap_or_default();
+        if parked.len() >= n {
+            return parked;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} streams parked after {CONVERGENCE_TIMEOUT:?}",
+            parked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// The metadata key tagging events with their run.
 pub(crate) const RUN_KEY: &str = "faults_run";

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId};
 use edupulse_integration_tests::{PgContainer, TestDb, start_postgres};
 use edupulse_ports::{
-    AppendOutcome, Checkpoint, CheckpointStore, Cursor, EventAppender, EventReader, RecordedEvent,
-    StoreError, StoreHead,
+    AppendOutcome, Checkpoint, CheckpointStore, Cursor, EventAppender, EventReader, FollowedRow,
+    ParkedEvent, RecordedEvent, Release, StoreError, StoreHead,
 };
 use edupulse_postgres::{GroupCommitConfig, PgEventStore, PgStoreConfig};
 use secrecy::SecretString;
@@ -175,6 +175,10 @@ impl EventReader for Isolated {
         self.store.read_all(after, limit).await
     }
 
+    async fn follow(&self, after: Cursor, limit: usize) -> Result<Vec<FollowedRow>, StoreError> {
+        self.store.follow(after, limit).await
+    }
+
     async fn read_positions(
         &self,
         from: u64,
@@ -214,5 +218,26 @@ impl CheckpointStore for Isolated {
 
     async fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
         self.store.dead_letter_count(name).await
+    }
+
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        self.store.park(name, event).await
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        self.store.parked(name).await
+    }
+
+    async fn request_release(
+        &self,
+        name: &str,
+        stream: StreamId,
+        release: Release,
+    ) -> Result<bool, StoreError> {
+        self.store.request_release(name, stream, release).await
+    }
+
+    async fn unpark(&self, name: &str, stream: StreamId) -> Result<(), StoreError> {
+        self.store.unpark(name, stream).await
     }
 }
