@@ -26,7 +26,7 @@ struct Aggregate {
     /// Whether every version below `next_version` was seen stored by this publisher, so that a
     /// type missing from `last_by_type` has no message at all.
     complete: bool,
-    /// Sequence of the last stored message of each event type.
+    /// The last stored message of each event type: its sequence.
     last_by_type: Vec<(Box<str>, u64)>,
 }
 
@@ -42,6 +42,10 @@ impl Aggregate {
 /// The expectation to publish an event with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expectation {
+    /// The broker holds this version already (it holds a later or the same version of the
+    /// aggregate, and each aggregate is stored in order): do not send it again. The sequence is
+    /// that of the last known message of the event's subject, at or after the event.
+    AlreadyStored(u64),
     /// Publish expecting this sequence as the subject's last (`0`: the subject is empty).
     LastSubjectSequence(u64),
     /// Not known: look the subject's last message up first.
@@ -68,6 +72,9 @@ impl Ledger {
         version: u64,
     ) -> Expectation {
         match self.aggregates.get(&stream) {
+            Some(aggregate) if version < aggregate.next_version => {
+                Expectation::AlreadyStored(aggregate.last_of(event_type).unwrap_or_default())
+            }
             Some(aggregate) => match aggregate.last_of(event_type) {
                 Some(seq) => Expectation::LastSubjectSequence(seq),
                 None if aggregate.complete && aggregate.next_version == version => {
@@ -173,6 +180,28 @@ mod tests {
         assert_eq!(ledger.expectation(s, "B", 8), Expectation::Unknown);
         ledger.subject_empty(s, "A");
         assert_eq!(ledger.expectation(s, "A", 8), Expectation::Unknown);
+    }
+
+    #[test]
+    fn a_version_known_stored_is_never_sent_again() {
+        let mut ledger = Ledger::default();
+        let s = StreamId::new();
+        ledger.stored(s, "A", 1, 10);
+        ledger.stored(s, "B", 2, 11);
+        // A retry of version 1 after version 2 was acknowledged: the subject of A still ends
+        // with version 1, so the broker's check alone would let a second copy in.
+        assert_eq!(
+            ledger.expectation(s, "A", 1),
+            Expectation::AlreadyStored(10)
+        );
+        assert_eq!(
+            ledger.expectation(s, "B", 2),
+            Expectation::AlreadyStored(11)
+        );
+        // Learnt from a look-up: version 7 is the subject's last, so 1..=7 are all there.
+        let t = StreamId::new();
+        ledger.stored(t, "A", 7, 70);
+        assert_eq!(ledger.expectation(t, "B", 5), Expectation::AlreadyStored(0));
     }
 
     #[test]

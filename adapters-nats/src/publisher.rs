@@ -147,6 +147,12 @@ impl NatsPublisher {
         let mut message = Some(first);
         for _ in 0..FENCE_ROUNDS {
             let expected = match expectation {
+                Expectation::AlreadyStored(sequence) => {
+                    return Ok(PublishAck {
+                        duplicate: true,
+                        sequence,
+                    });
+                }
                 Expectation::LastSubjectSequence(seq) => seq,
                 Expectation::Unknown => match self.look_up(event).await? {
                     Found::AlreadyStored(ack) => return Ok(ack),

@@ -403,6 +403,101 @@ fn payload_error(event_type: String, version: u16, source: serde_json::Error) ->
     }
 }
 
+/// Why an event cannot be stored: something the relay, the broker or a consumer could not carry.
+/// One set of rules, applied by every store at append, so that whatever is stored can be
+/// published and decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unstorable {
+    /// The event type is not an identifier: 1 to 64 ASCII letters, digits, `_` or `-` (it names
+    /// the event on every transport, in subjects and headers).
+    #[error("event type {0:?} is not 1 to 64 ASCII letters, digits, `_` or `-`")]
+    EventType(String),
+    /// The encoded event nests arrays and objects deeper than decoders accept.
+    #[error("the event nests {depth} levels deep; at most {max} are accepted")]
+    TooDeep {
+        /// Its depth.
+        depth: usize,
+        /// The limit ([`MAX_NESTING_DEPTH`]).
+        max: usize,
+    },
+    /// A string holds U+0000, which PostgreSQL's `jsonb` refuses and C consumers truncate at.
+    #[error("a string holds the NUL character (U+0000)")]
+    NulCharacter,
+}
+
+impl EventEnvelope {
+    /// Checks the rules of [`Unstorable`] and returns the event's encoded size.
+    ///
+    /// ```
+    /// use edupulse_domain::{EventEnvelope, LessonPublished, LessonTitle, Unstorable, Uuid};
+    /// let ok = EventEnvelope::new(LessonPublished {
+    ///     lesson_id: Uuid::new_v4(),
+    ///     author_id: Uuid::new_v4(),
+    ///     title: LessonTitle::new("Ownership").unwrap(),
+    /// });
+    /// assert_eq!(ok.check_storable(), Ok(ok.encoded_len()));
+    /// ```
+    ///
+    /// # Errors
+    /// The first rule broken.
+    pub fn check_storable(&self) -> Result<usize, Unstorable> {
+        let event_type = self.event_type();
+        if !crate::event_types::is_valid_subject_token(event_type) {
+            return Err(Unstorable::EventType(event_type.to_owned()));
+        }
+        let bytes = self.encode();
+        let scan = scan(&bytes);
+        if scan.depth > MAX_NESTING_DEPTH {
+            return Err(Unstorable::TooDeep {
+                depth: scan.depth,
+                max: MAX_NESTING_DEPTH,
+            });
+        }
+        if scan.nul {
+            return Err(Unstorable::NulCharacter);
+        }
+        Ok(bytes.len())
+    }
+}
+
+/// What one pass over encoded JSON found.
+struct Scan {
+    depth: usize,
+    nul: bool,
+}
+
+/// Nesting depth and NUL escapes (`\u0000`) of JSON `bytes`, in one pass without parsing.
+fn scan(bytes: &[u8]) -> Scan {
+    let (mut depth, mut max, mut in_string, mut escaped, mut nul) =
+        (0usize, 0, false, false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, b'u') => {
+                    nul |= bytes.get(i + 1..i + 5) == Some(b"0000".as_slice());
+                    escaped = false;
+                }
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Scan { depth: max, nul }
+}
+
 /// The deepest nesting of arrays and objects in `bytes`, without parsing (strings are skipped).
 fn nesting_depth(bytes: &[u8]) -> usize {
     let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
@@ -464,6 +559,48 @@ mod tests {
         assert_eq!((u.event_type(), u.schema_version()), ("CourseArchived", 3));
         let again: Value = serde_json::from_slice(&env.encode()).unwrap();
         assert_eq!(again, serde_json::from_slice::<Value>(&bytes).unwrap());
+    }
+
+    #[test]
+    fn storable_rules_are_checked_on_the_encoded_event() {
+        let unknown = |event_type: &str, payload: Value| {
+            let json = serde_json::json!({
+                "id": Uuid::new_v4(), "aggregate_id": null,
+                "occurred_at": "2024-01-01T00:00:00Z", "version": 1, "metadata": {},
+                "event": {"type": event_type, "payload": payload}
+            });
+            EventEnvelope::decode(json.to_string().as_bytes()).unwrap()
+        };
+        assert!(
+            unknown("CourseArchived", serde_json::json!({"a": 1}))
+                .check_storable()
+                .is_ok()
+        );
+        assert_eq!(
+            unknown("course.archived", serde_json::json!({})).check_storable(),
+            Err(Unstorable::EventType("course.archived".into()))
+        );
+        assert_eq!(
+            unknown("X", serde_json::json!({"s": "a\u{0}b"})).check_storable(),
+            Err(Unstorable::NulCharacter)
+        );
+        // A backslash followed by the text u0000 is not a NUL.
+        assert!(
+            unknown("X", serde_json::json!({"s": "\\u0000"}))
+                .check_storable()
+                .is_ok()
+        );
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_NESTING_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        // Built through the library (decoding would refuse it): a metadata extra nested deep.
+        let mut built = unknown("X", serde_json::json!({}));
+        built.metadata.extra.insert("deep".into(), deep);
+        assert!(matches!(
+            built.check_storable(),
+            Err(Unstorable::TooDeep { .. })
+        ));
     }
 
     #[test]

@@ -38,7 +38,7 @@ mod values;
 
 pub use envelope::{
     DEFAULT_MAX_EVENT_BYTES, DecodeLimits, EventEnvelope, MAX_NESTING_DEPTH, RawEnvelope, RawEvent,
-    StoredEnvelope,
+    StoredEnvelope, Unstorable,
 };
 pub use error::{DecodeError, ValidationError};
 pub use events::{

@@ -287,7 +287,11 @@ pub fn validate_batch(
                 reason: format!("event {} appears twice in the batch", event.id),
             });
         }
-        let size = event.encoded_len();
+        let size = event
+            .check_storable()
+            .map_err(|e| StoreError::InvalidInput {
+                reason: format!("event {}: {e}", event.id),
+            })?;
         if size > max_event_bytes {
             return Err(StoreError::EventTooLarge {
                 event_id: event.id,

@@ -20,6 +20,7 @@ pub(crate) const MODE: &str = "EDUPULSE_FAULTS_CHILD";
 const PG_URL: &str = "EDUPULSE_FAULTS_PG_URL";
 const NATS_URLS: &str = "EDUPULSE_FAULTS_NATS_URLS";
 const RUN_NAME: &str = "EDUPULSE_FAULTS_RUN_NAME";
+const DUPLICATE_WINDOW_MS: &str = "EDUPULSE_FAULTS_DUPLICATE_WINDOW_MS";
 
 /// The command re-executing this test binary as a child in `mode`.
 pub(crate) fn command(mode: &str) -> Command {
@@ -44,6 +45,10 @@ pub(crate) fn spawn_relay_process(pg_url: &str, nats: &NatsConfig, run_name: &st
         .env(PG_URL, pg_url)
         .env(NATS_URLS, nats.servers.join(","))
         .env(RUN_NAME, run_name)
+        .env(
+            DUPLICATE_WINDOW_MS,
+            nats.duplicate_window.as_millis().to_string(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -76,7 +81,13 @@ async fn relay() {
     let name = env(RUN_NAME);
     let servers = env(NATS_URLS).split(',').map(str::to_owned).collect();
     let pg = pg_config(&env(PG_URL));
-    let nats = nats_config(servers, &name);
+    let mut nats = nats_config(servers, &name);
+    if let Some(ms) = std::env::var(DUPLICATE_WINDOW_MS)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        nats.duplicate_window = Duration::from_millis(ms);
+    }
     let backbone = retry("connect the backbone", Duration::from_secs(60), || {
         Backbone::connect(&pg, nats.clone())
     })

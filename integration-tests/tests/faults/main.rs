@@ -11,6 +11,9 @@
 //! - `relay`: the relay process killed with `SIGKILL` at 1/3 and 1/2 of a run; two relays
 //!   racing on one checkpoint, the active one killed.
 //! - `store`: PostgreSQL restarted mid-load.
+//! - `edges`: a relay down four times the broker's duplicate window; a row no decoder accepts in
+//!   the middle of a run (it parks its stream, the others flow); a sealed broker stream (the relay
+//!   blocks and reports it, parks nothing).
 //! - `concurrency`: 16 writers on one stream; out-of-order commits of caller transactions.
 //! - `cluster`: a 3-node JetStream cluster with R3 streams losing a node.
 //! - `bad_input`, `hostile_json`: malformed, unknown, oversized, too deep, at the limits;
@@ -27,6 +30,7 @@ mod checker;
 mod child;
 mod cluster;
 mod concurrency;
+mod edges;
 mod hostile_json;
 mod relay;
 mod security;
