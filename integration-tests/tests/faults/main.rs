@@ -10,7 +10,7 @@
 //! - `broker`: NATS stopped ≥ 10 s during sustained appends; NATS paused mid-publish.
 //! - `relay`: the relay process killed with `SIGKILL` at 1/3 and 1/2 of a run; two relays
 //!   racing on one checkpoint, the active one killed.
-//! - `store`: PostgreSQL restarted mid-load.
+//! - `store`: PostgreSQL restarted mid-load; statements cancelled at random under group commit.
 //! - `concurrency`: 16 writers on one stream; out-of-order commits of caller transactions.
 //! - `cluster`: a 3-node JetStream cluster with R3 streams losing a node.
 //! - `bad_input`, `hostile_json`: malformed, unknown, oversized, too deep, at the limits;
