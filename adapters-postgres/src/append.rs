@@ -144,10 +144,15 @@ pub(crate) fn to_u64(value: i64) -> Result<u64, StoreError> {
 /// What the single statement did.
 enum Attempt {
     Appended(Vec<AppendedEvent>),
-    /// The expectation did not hold; nothing was inserted. The head as the statement saw it.
-    Rejected {
-        head: Option<u64>,
-    },
+    Refused(Refusal),
+}
+
+/// Why the statement inserted nothing.
+enum Refusal {
+    /// The expectation did not hold. The head as the statement saw it.
+    Rejected { head: Option<u64> },
+    /// A unique constraint stopped the insert (the statement failed).
+    Clashed(UniqueViolation),
 }
 
 async fn run_append_statement(
@@ -156,7 +161,7 @@ async fn run_append_statement(
     expected: ExpectedVersion,
     columns: &Columns,
     hint: HintMode<'_>,
-) -> Result<Result<Attempt, StoreError>, sqlx::Error> {
+) -> Result<Attempt, StoreError> {
     let (kind, exact) = encode_expected(expected);
     let row = sqlx::query(APPEND_SQL)
         .bind(stream.as_uuid())
@@ -171,10 +176,19 @@ async fn run_append_statement(
         .bind(&columns.payloads)
         .bind(hint.setting())
         .fetch_one(&mut *conn)
-        .await?;
-    let head: Option<i64> = row.try_get("head")?;
-    let positions: Vec<i64> = row.try_get("positions")?;
-    Ok(decode_attempt(head, &positions, &columns.event_ids))
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        Err(error) => {
+            return match unique_violation(&error) {
+                Some(clash) => Ok(Attempt::Refused(Refusal::Clashed(clash))),
+                None => Err(map_sqlx(error)),
+            };
+        }
+    };
+    let head: Option<i64> = row.try_get("head").map_err(map_sqlx)?;
+    let positions: Vec<i64> = row.try_get("positions").map_err(map_sqlx)?;
+    decode_attempt(head, &positions, &columns.event_ids)
 }
 
 fn decode_attempt(
@@ -184,7 +198,7 @@ fn decode_attempt(
 ) -> Result<Attempt, StoreError> {
     let head = head.map(to_u64).transpose()?;
     if positions.is_empty() {
-        return Ok(Attempt::Rejected { head });
+        return Ok(Attempt::Refused(Refusal::Rejected { head }));
     }
     if positions.len() != ids.len() {
         return Err(internal(format!(
@@ -209,13 +223,37 @@ fn decode_attempt(
     Ok(Attempt::Appended(events))
 }
 
+/// Where an attempt of an append ended.
+enum Step {
+    /// The call's answer.
+    Done(Result<AppendOutcome, StoreError>),
+    /// Try the statement again (see [`retry_or_give_up`]).
+    Retry,
+}
+
+/// One append call, as its attempts see it.
+struct Call<'a> {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    columns: &'a Columns,
+    hint: HintMode<'a>,
+    /// 1 for the first attempt.
+    attempt: usize,
+}
+
 /// Appends one validated batch on `conn`.
 ///
-/// With `savepoint`, the statement runs in a nested transaction (a SAVEPOINT when `conn` is in a
-/// transaction, else BEGIN/COMMIT), so that a unique violation leaves the caller's transaction
-/// usable; without, it runs as one autocommit statement (one round trip), and with
-/// [`HintMode::AfterCommit`] its hint is sent once it returns, committed. In a transaction of
-/// the store's own, the store sends the hint after its commit.
+/// Without `savepoint`, every statement runs on its own (autocommit): an append reported as
+/// appended is committed, and with [`HintMode::AfterCommit`] its hint is sent at once.
+///
+/// With `savepoint`, `conn` is in a transaction (or gets one, BEGIN/COMMIT, when it is not), and
+/// every statement of the append, the lookups that resolve a refusal included, runs inside a
+/// savepoint of it: any failure of the append (a conflict, a unique violation, a cancelled
+/// statement, a timeout) is rolled back to that savepoint and leaves the transaction as it was.
+/// Only the savepoint commands themselves run in the enclosing transaction; when one of those
+/// fails, the transaction is aborted, and its COMMIT will answer ROLLBACK, which sqlx reports as
+/// success: whoever commits it must prove it healthy first (the group commit does, see
+/// `group::one_by_one`). The hint is then the committer's to send.
 pub(crate) async fn append_batch(
     conn: &mut PgConnection,
     stream: StreamId,
@@ -225,62 +263,148 @@ pub(crate) async fn append_batch(
     hint: HintMode<'_>,
 ) -> Result<AppendOutcome, StoreError> {
     let columns = Columns::of(events);
-    let mut attempt = 0;
+    let mut call = Call {
+        stream,
+        expected,
+        columns: &columns,
+        hint,
+        attempt: 0,
+    };
     loop {
-        attempt += 1;
-        let result = if savepoint {
-            let mut nested = conn.begin().await.map_err(map_sqlx)?;
-            let result = run_append_statement(&mut nested, stream, expected, &columns, hint).await;
-            match &result {
-                Ok(Ok(Attempt::Appended(_))) => nested.commit().await.map_err(map_sqlx)?,
-                _ => nested.rollback().await.map_err(map_sqlx)?,
-            }
-            result
+        call.attempt += 1;
+        let step = if savepoint {
+            attempt_in_savepoint(conn, &call).await
         } else {
-            run_append_statement(conn, stream, expected, &columns, hint).await
+            attempt_alone(conn, &call).await
         };
-        match result {
-            Ok(Ok(Attempt::Appended(events))) => {
-                if let (false, HintMode::AfterCommit(hints)) = (savepoint, hint) {
-                    hints.committed();
-                }
-                return Ok(AppendOutcome {
-                    stream_id: stream,
-                    events,
-                    replayed: false,
-                });
-            }
-            Ok(Ok(Attempt::Rejected { head })) => {
-                return conflict_or_replay(conn, stream, expected, head, &columns).await;
-            }
-            Ok(Err(e)) => return Err(e),
-            Err(error) => match unique_violation(&error) {
-                // Another writer took the next version after our statement read the head.
-                Some(UniqueViolation::StreamVersion) => {
-                    if expected == ExpectedVersion::Any && attempt <= ANY_RETRIES {
-                        continue;
-                    }
-                    if expected == ExpectedVersion::Any {
-                        return Err(unavailable(format!(
-                            "stream {stream}: {ANY_RETRIES} concurrent appends won the race in a row"
-                        )));
-                    }
-                    let actual = stream_version(conn, stream).await?;
-                    return conflict_or_replay(conn, stream, expected, actual, &columns).await;
-                }
-                Some(UniqueViolation::EventId) => {
-                    return match lookup_ids(conn, stream, &columns).await? {
-                        Some(resolved) => resolved,
-                        // The clashing event is no longer visible: its writer rolled back. Try again.
-                        None if attempt <= ANY_RETRIES => continue,
-                        None => Err(unavailable(
-                            "event ids kept clashing with rolled-back appends",
-                        )),
-                    };
-                }
-                None => return Err(map_sqlx(error)),
-            },
+        match step {
+            Step::Done(result) => return result,
+            Step::Retry => continue,
         }
+    }
+}
+
+/// One attempt, each statement committing on its own.
+async fn attempt_alone(conn: &mut PgConnection, call: &Call<'_>) -> Step {
+    let attempt = run_append_statement(conn, call.stream, call.expected, call.columns, call.hint);
+    match attempt.await {
+        Ok(Attempt::Appended(events)) => {
+            if let HintMode::AfterCommit(hints) = call.hint {
+                hints.committed();
+            }
+            Step::Done(Ok(appended(call.stream, events)))
+        }
+        Ok(Attempt::Refused(refusal)) => resolve(conn, call, refusal).await,
+        Err(error) => Step::Done(Err(error)),
+    }
+}
+
+/// One attempt in a savepoint of the transaction `conn` is in.
+async fn attempt_in_savepoint(conn: &mut PgConnection, call: &Call<'_>) -> Step {
+    let mut nested = match conn.begin().await {
+        Ok(nested) => nested,
+        Err(error) => return Step::Done(Err(map_sqlx(error))),
+    };
+    let attempt = run_append_statement(
+        &mut nested,
+        call.stream,
+        call.expected,
+        call.columns,
+        call.hint,
+    );
+    let step = match attempt.await {
+        Ok(Attempt::Appended(events)) => {
+            return match nested.commit().await {
+                Ok(()) => Step::Done(Ok(appended(call.stream, events))),
+                Err(error) => Step::Done(Err(map_sqlx(error))),
+            };
+        }
+        // The statement succeeded and inserted nothing: its savepoint serves the lookups.
+        Ok(Attempt::Refused(refusal @ Refusal::Rejected { .. })) => {
+            resolve(&mut nested, call, refusal).await
+        }
+        // A unique violation aborted the savepoint: the lookups need one of their own.
+        Ok(Attempt::Refused(refusal)) => {
+            if let Err(error) = nested.rollback().await {
+                return Step::Done(Err(map_sqlx(error)));
+            }
+            if let Some(step) = retry_or_give_up(call, &refusal) {
+                return step;
+            }
+            let mut nested = match conn.begin().await {
+                Ok(nested) => nested,
+                Err(error) => return Step::Done(Err(map_sqlx(error))),
+            };
+            let step = resolve(&mut nested, call, refusal).await;
+            return match nested.rollback().await {
+                Ok(()) => step,
+                Err(error) => Step::Done(Err(map_sqlx(error))),
+            };
+        }
+        Err(error) => Step::Done(Err(error)),
+    };
+    // Nothing to keep: a refusal wrote nothing, a failure is undone.
+    match nested.rollback().await {
+        Ok(()) => step,
+        Err(error) => Step::Done(Err(map_sqlx(error))),
+    }
+}
+
+/// The outcomes of a refusal that need no lookup: another writer took the next version of a
+/// stream appended to at any version (try again, a bounded number of times).
+fn retry_or_give_up(call: &Call<'_>, refusal: &Refusal) -> Option<Step> {
+    if !matches!(refusal, Refusal::Clashed(UniqueViolation::StreamVersion))
+        || call.expected != ExpectedVersion::Any
+    {
+        return None;
+    }
+    if call.attempt <= ANY_RETRIES {
+        return Some(Step::Retry);
+    }
+    Some(Step::Done(Err(unavailable(format!(
+        "stream {}: {ANY_RETRIES} concurrent appends won the race in a row",
+        call.stream
+    )))))
+}
+
+/// Resolves a refusal of the statement by looking the stream and the batch's ids up: a conflict,
+/// a replay, a duplicate id, or another attempt.
+async fn resolve(conn: &mut PgConnection, call: &Call<'_>, refusal: Refusal) -> Step {
+    if let Some(step) = retry_or_give_up(call, &refusal) {
+        return step;
+    }
+    let (stream, expected, columns) = (call.stream, call.expected, call.columns);
+    match refusal {
+        Refusal::Rejected { head } => {
+            Step::Done(conflict_or_replay(conn, stream, expected, head, columns).await)
+        }
+        // Another writer took the next version after our statement read the head.
+        Refusal::Clashed(UniqueViolation::StreamVersion) => {
+            match stream_version(conn, stream).await {
+                Ok(actual) => {
+                    Step::Done(conflict_or_replay(conn, stream, expected, actual, columns).await)
+                }
+                Err(error) => Step::Done(Err(error)),
+            }
+        }
+        Refusal::Clashed(UniqueViolation::EventId) => match lookup_ids(conn, stream, columns).await
+        {
+            Ok(Some(resolved)) => Step::Done(resolved),
+            // The clashing event is no longer visible: its writer rolled back. Try again.
+            Ok(None) if call.attempt <= ANY_RETRIES => Step::Retry,
+            Ok(None) => Step::Done(Err(unavailable(
+                "event ids kept clashing with rolled-back appends",
+            ))),
+            Err(error) => Step::Done(Err(error)),
+        },
+    }
+}
+
+fn appended(stream_id: StreamId, events: Vec<AppendedEvent>) -> AppendOutcome {
+    AppendOutcome {
+        stream_id,
+        events,
+        replayed: false,
     }
 }
 
@@ -390,7 +514,7 @@ mod tests {
         let ids = [Uuid::from_u128(1), Uuid::from_u128(2)];
         assert!(matches!(
             decode_attempt(Some(3), &[], &ids),
-            Ok(Attempt::Rejected { head: Some(3) })
+            Ok(Attempt::Refused(Refusal::Rejected { head: Some(3) }))
         ));
         let Ok(Attempt::Appended(events)) = decode_attempt(Some(3), &[10, 11], &ids) else {
             panic!("appended")

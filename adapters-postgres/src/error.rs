@@ -88,6 +88,19 @@ fn is_transient_error(error: &sqlx::Error) -> bool {
     }
 }
 
+/// `error` and its causes, as one message (for an error several callers share, each of whom
+/// gets its own copy as text).
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        message.push_str(": ");
+        message.push_str(&e.to_string());
+        cause = e.source();
+    }
+    message
+}
+
 /// A failure of this adapter that is not a driver error (a stored value out of range, a writer
 /// task that went away). Its text never contains connection details.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +129,19 @@ mod tests {
         for code in ["23505", "42501", "42P01", "EP001", "22P02"] {
             assert!(!is_transient(code), "{code}");
         }
+    }
+
+    #[test]
+    fn shared_messages_carry_their_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] AdapterError);
+
+        assert_eq!(with_causes(&AdapterError("alone".into())), "alone");
+        assert_eq!(
+            with_causes(&Outer(AdapterError("inner".into()))),
+            "outer: inner"
+        );
     }
 
     #[test]

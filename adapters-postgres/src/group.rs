@@ -12,14 +12,18 @@
 //!
 //! When the statement fails as a whole (a unique violation because a writer outside the group
 //! raced, a reused event id, any other database error), the group is replayed call by call, each
-//! in its own savepoint of one transaction, so every call gets exactly its own result.
+//! in its own savepoint of one transaction, so every call gets exactly its own result. That
+//! transaction is shared: a failure outside the savepoints aborts it for every call, and its
+//! COMMIT then answers ROLLBACK without an error. So its answers are sent only after a commit
+//! proven by a last statement that sees every row about to be acknowledged; otherwise every call
+//! of it is answered `Unavailable` (see `one_by_one`).
 //!
 //! A caller that gives up (drops its future) does not withdraw its call: like any append whose
 //! outcome is unknown, it may have happened, and a retry with the same ids is a replay.
 
 use crate::append::{Columns, append_batch, conflict_or_replay, encode_expected, to_u64};
 use crate::config::GroupCommitConfig;
-use crate::error::{internal, map_sqlx, shared_failure, unavailable};
+use crate::error::{internal, map_sqlx, shared_failure, unavailable, with_causes};
 use crate::hints::{AfterCommit, HintMode};
 use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId, Uuid};
 use edupulse_ports::{AppendOutcome, AppendedEvent, StoreError};
@@ -78,6 +82,9 @@ LEFT JOIN (
 ) i ON i.stream_id = h.stream_id
 ORDER BY h.req
 "#;
+
+/// How many of these event ids the transaction sees (its own rows included).
+const COUNT_IDS_SQL: &str = "SELECT count(*) FROM events WHERE event_id = ANY($1)";
 
 type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 
@@ -452,8 +459,11 @@ async fn resolve_rejection(pool: PgPool, request: Request, head: Option<u64>) {
 }
 
 /// The group failed as a whole: write each call in its own savepoint of one transaction (still
-/// one commit), so a failing call only fails itself. Answers are sent after the commit: a call
-/// reported as appended is durable.
+/// one commit), so a failing call only fails itself. Answers are sent after the commit, and only
+/// a commit [`commit_proven`] vouches for: when the transaction did not commit, or its outcome is
+/// unknown, every call is answered `Unavailable`, since what was computed inside the transaction
+/// (appended, and also a conflict or a duplicate id, which an earlier call of the same
+/// transaction may have caused) no longer holds; retrying with the same ids is safe.
 async fn one_by_one(conn: &mut PgConnection, hints: &AfterCommit, requests: Vec<Request>) -> bool {
     let mut tx = match conn.begin().await {
         Ok(tx) => tx,
@@ -478,22 +488,68 @@ async fn one_by_one(conn: &mut PgConnection, hints: &AfterCommit, requests: Vec<
             .await,
         );
     }
-    let committed = tx.commit().await;
-    if committed.is_ok()
-        && results
-            .iter()
-            .any(|r| r.as_ref().is_ok_and(|o| !o.replayed))
-    {
+    let appended: Vec<Uuid> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().filter(|o| !o.replayed))
+        .flat_map(|o| o.events.iter().map(|e| *e.id.as_uuid()))
+        .collect();
+    if let Err(failure) = commit_proven(tx, &appended).await {
+        tracing::debug!(%failure, calls = requests.len(), "isolated group did not commit");
+        let reason = with_causes(&failure);
+        for request in requests {
+            request.answer(Err(unavailable(reason.clone())));
+        }
+        return false;
+    }
+    if !appended.is_empty() {
         hints.committed();
     }
-    let mut ok = committed.is_ok();
+    let mut ok = true;
     for (request, result) in requests.into_iter().zip(results) {
-        let result = match (&committed, result) {
-            (Err(error), Ok(_)) => Err(shared_failure(error)),
-            (_, result) => result,
-        };
         ok &= !matches!(result, Err(StoreError::Unavailable(_)));
         request.answer(result);
     }
     ok
+}
+
+/// Why the isolated group's transaction is not known to have committed.
+#[derive(Debug, thiserror::Error)]
+enum NotCommitted {
+    /// The last statement before the COMMIT failed: the transaction was aborted (SQLSTATE 25P02,
+    /// an earlier statement outside the savepoints failed) or broke then.
+    #[error("the group's transaction failed before its commit")]
+    Aborted(#[source] sqlx::Error),
+    /// The transaction holds fewer of the rows about to be acknowledged than appended.
+    #[error("the group's transaction holds {found} of the {appended} events it appended")]
+    RowsMissing { appended: usize, found: i64 },
+    /// The COMMIT failed: rolled back, or unknown if the connection broke.
+    #[error("the group's commit failed")]
+    Commit(#[source] sqlx::Error),
+}
+
+/// Commits the isolated group's transaction, and proves it did.
+///
+/// In an aborted transaction, COMMIT answers ROLLBACK without an error, and sqlx reports that
+/// as a successful commit; a transaction is aborted when any statement outside the calls'
+/// savepoints fails (a SAVEPOINT, RELEASE or ROLLBACK TO cancelled, timed out, out of memory).
+/// So the last statement before the COMMIT counts the rows the group is about to acknowledge:
+/// it fails in an aborted transaction, and it sees exactly the rows the transaction holds. The
+/// COMMIT of a transaction that is not aborted commits it or fails with an error.
+async fn commit_proven(
+    mut tx: sqlx::Transaction<'_, Postgres>,
+    appended: &[Uuid],
+) -> Result<(), NotCommitted> {
+    let found: i64 = sqlx::query_scalar(COUNT_IDS_SQL)
+        .bind(appended)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(NotCommitted::Aborted)?;
+    if usize::try_from(found).ok() != Some(appended.len()) {
+        // Dropping `tx` rolls it back.
+        return Err(NotCommitted::RowsMissing {
+            appended: appended.len(),
+            found,
+        });
+    }
+    tx.commit().await.map_err(NotCommitted::Commit)
 }

@@ -82,8 +82,33 @@
 //! expected-version check, idempotency and error; one call's conflict never fails or delays
 //! another. Streams are sharded over the writers, and a group holds at most one call per stream
 //! (the others wait for the next group, in arrival order). If the grouped statement fails as a
-//! whole (a writer outside the group raced, an id clash), the group is replayed call by call in
-//! savepoints of one transaction. Each writer holds a pooled connection while it has work.
+//! whole (a writer outside the group raced, an id clash, a cancelled statement), the group is
+//! replayed call by call in savepoints of one transaction. Each writer holds a pooled connection
+//! while it has work.
+//!
+//! What a grouped call's answer means, exactly:
+//!
+//! - `Ok` (not replayed): the call's events are committed, at the versions and positions given.
+//!   A grouped statement commits on its own (autocommit), and its answer is used only once the
+//!   server has reported it complete, commit included, without an error. The call-by-call
+//!   transaction is only trusted after its last
+//!   statement before the COMMIT has seen every row about to be acknowledged: a transaction in
+//!   which any statement outside the savepoints failed (a SAVEPOINT or RELEASE cancelled, timed
+//!   out, out of memory) is aborted, that last statement then fails, whereas its COMMIT would
+//!   answer ROLLBACK without an error (sqlx reports that as a successful commit).
+//! - `Ok` replayed: every event of the batch was already committed by an earlier append.
+//! - [`StoreError::Conflict`], [`StoreError::DuplicateEventId`], [`StoreError::InvalidInput`]:
+//!   nothing of the call is committed.
+//! - [`StoreError::Internal`]: a bug or a misconfiguration for an operator (a denied privilege, a
+//!   missing table, a stored value out of range); whether the call committed is not known.
+//! - [`StoreError::Unavailable`]: the outcome is unknown, or the call was rolled back through no
+//!   fault of its own. A statement of the call was cancelled or timed out, the connection broke,
+//!   the commit failed, or the call-by-call transaction did not commit (every call of that
+//!   transaction then gets `Unavailable`, whatever it got inside it: a conflict or a duplicate id
+//!   seen there may have been caused by another call's rolled-back rows). Retrying with the same
+//!   event ids is safe: an append that did commit is reported as a replay.
+//!
+//! The same holds without group commit: each statement of a direct append commits on its own.
 //!
 //! # Appending inside the caller's transaction
 //!
@@ -411,8 +436,12 @@ impl PgEventStore {
 /// ```
 ///
 /// # Errors
-/// As [`EventAppender::append`]; after an error the caller's transaction is still usable, except
-/// after [`StoreError::Unavailable`] (the connection may be gone).
+/// As [`EventAppender::append`]. Every statement of the append runs in a savepoint, so after a
+/// conflict, a duplicate id or invalid input the caller's transaction is as it was before the
+/// call, and usable. After [`StoreError::Unavailable`] it may not be: a savepoint command itself
+/// may have failed (cancelled, timed out) and aborted it, or the connection may be gone. Roll it
+/// back then: the COMMIT of an aborted transaction answers ROLLBACK without an error, which
+/// sqlx's `Transaction::commit` reports as success.
 pub async fn append_in_transaction(
     conn: &mut PgConnection,
     stream: StreamId,

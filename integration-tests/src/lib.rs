@@ -13,6 +13,9 @@
 //! - [`start_postgres`], [`start_nats`]: containers of its own for fault tests,
 //!   with `pause`/`unpause`/`stop`/`start`/`kill` ([`PgContainer`],
 //!   [`NatsContainer`]).
+//! - [`cancel_statements_at_random`]: a task cancelling the statements of a
+//!   database's backends at random (`pg_cancel_backend`), as a statement timeout,
+//!   an operator or an out-of-memory error would make them fail.
 //! - [`start_nats_cluster`]: a 3-node JetStream cluster on a user-defined Docker
 //!   network whose nodes can be stopped and started one by one ([`NatsCluster`]).
 //!
@@ -81,7 +84,8 @@ pub use nats::{
     NatsContainer, read_back_config, shared_nats, start_nats, start_nats_with_args, unique_name,
 };
 pub use postgres::{
-    PgContainer, TestDb, fresh_database, shared_postgres, start_postgres, start_postgres_with_args,
+    PgContainer, StatementCanceller, TestDb, cancel_statements_at_random, fresh_database,
+    shared_postgres, start_postgres, start_postgres_with_args,
 };
 
 /// Event `i` of `stream` for tests: lessons and badges alternate, so both payload shapes (with

@@ -2,7 +2,8 @@
 //! the shared one of the test binary ([`shared_postgres`]) and migrated
 //! per-test databases in it ([`fresh_database`]).
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
@@ -340,4 +341,78 @@ impl TestDb {
             .await?;
         conn.close().await
     }
+}
+
+/// Picks a random active backend of the current database (not the caller's own, and whose
+/// `application_name` starts with `$1`) and cancels its running statement.
+const CANCEL_ONE_SQL: &str = "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active' \
+       AND starts_with(application_name, $1) \
+     ORDER BY random() LIMIT 1";
+
+/// A task cancelling statements at random, started by [`cancel_statements_at_random`].
+#[derive(Debug)]
+pub struct StatementCanceller {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl StatementCanceller {
+    /// Stops the task and returns how many statements it cancelled.
+    ///
+    /// # Panics
+    ///
+    /// When the task failed (its queries are expected to succeed).
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("the statement canceller failed")
+    }
+}
+
+/// Starts a task that, every 1 to `max_pause` ms (uniform, drawn from `seed`), cancels the
+/// running statement of one random active backend of the database at `url`, its own connection
+/// excluded, among those whose `application_name` starts with `application` (all of them when
+/// it is empty). A cancelled statement fails with SQLSTATE 57014 (`query_canceled`), as on a
+/// `statement_timeout`; in a transaction, the transaction is aborted.
+///
+/// # Panics
+///
+/// When the database cannot be reached.
+pub async fn cancel_statements_at_random(
+    url: &str,
+    application: &str,
+    max_pause: Duration,
+    seed: u64,
+) -> StatementCanceller {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect the statement canceller: {e}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let application = application.to_owned();
+    let max_pause_ms = max_pause.as_millis().max(1) as u64;
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut state = seed;
+            let mut cancelled = 0;
+            while !stop.load(Ordering::SeqCst) {
+                // SplitMix64: enough randomness for pauses, and no dependency.
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let pause = 1 + (z ^ (z >> 31)) % max_pause_ms;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                let hit: Option<bool> = sqlx::query_scalar(CANCEL_ONE_SQL)
+                    .bind(&application)
+                    .fetch_optional(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("cancel a statement: {e}"));
+                cancelled += u64::from(hit == Some(true));
+            }
+            let _ = conn.close().await;
+            cancelled
+        }
+    });
+    StatementCanceller { stop, task }
 }

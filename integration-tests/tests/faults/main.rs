@@ -10,7 +10,7 @@
 //! - `broker`: NATS stopped ≥ 10 s during sustained appends; NATS paused mid-publish.
 //! - `relay`: the relay process killed with `SIGKILL` at 1/3 and 1/2 of a run; two relays
 //!   racing on one checkpoint, the active one killed.
-//! - `store`: PostgreSQL restarted mid-load.
+//! - `store`: PostgreSQL restarted mid-load; statements cancelled at random under group commit.
 //! - `edges`: a relay down four times the broker's duplicate window; a row no decoder accepts in
 //!   the middle of a run (it parks its stream, the others flow); a sealed broker stream (the relay
 //!   blocks and reports it, parks nothing).

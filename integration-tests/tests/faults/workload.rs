@@ -143,6 +143,9 @@ pub(crate) struct Workload {
     pub(crate) pace: Duration,
     /// Appends per writer; `None`: until [`Writers::stop`].
     pub(crate) appends: Option<usize>,
+    /// Share of acknowledged appends sent once more, same ids and expectation, in percent: a
+    /// client that lost the answer. The store must answer with a replay of the same versions.
+    pub(crate) resend_percent: u32,
 }
 
 impl Default for Workload {
@@ -153,6 +156,7 @@ impl Default for Workload {
             max_batch: 4,
             pace: Duration::from_millis(10),
             appends: None,
+            resend_percent: 0,
         }
     }
 }
@@ -207,9 +211,11 @@ pub(crate) fn spawn_writers(
                     let slot = i as usize % streams.len();
                     let (stream, version) = streams[slot];
                     let n = rand::random_range(1..=workload.max_batch.max(1)) as u64;
-                    let events = (0..n).map(|k| event(stream, &run, i + k)).collect();
+                    let events: Vec<_> = (0..n).map(|k| event(stream, &run, i + k)).collect();
                     let expected =
                         version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+                    let resend = (rand::random_range(0..100u32) < workload.resend_percent)
+                        .then(|| events.clone());
                     let Some(outcome) = append_until_acknowledged(
                         &*store,
                         &history,
@@ -225,6 +231,10 @@ pub(crate) fn spawn_writers(
                         i += 1;
                         continue;
                     };
+                    if let Some(events) = resend {
+                        resend_expecting_replay(&*store, &history, expected, events, &outcome)
+                            .await;
+                    }
                     streams[slot].1 = Some(outcome.last_version());
                     i += 1;
                     tokio::time::sleep(workload.pace).await;
@@ -233,6 +243,28 @@ pub(crate) fn spawn_writers(
         })
         .collect();
     Writers { stop, tasks }
+}
+
+/// Sends an acknowledged append again (same ids, same expectation) and checks that the store
+/// answers with a replay of what it acknowledged. Gives up quietly when the store stays
+/// unavailable (the events are acknowledged already).
+async fn resend_expecting_replay(
+    store: &dyn EventAppender,
+    history: &History,
+    expected: ExpectedVersion,
+    events: Vec<EventEnvelope>,
+    first: &AppendOutcome,
+) {
+    let stream = first.stream_id;
+    let deadline = Duration::from_secs(90);
+    if let Some(again) =
+        append_until_acknowledged(store, history, stream, expected, events, deadline).await
+    {
+        assert!(
+            again.replayed && again.events == first.events,
+            "a resent append must be a replay of the acknowledged one: {first:?}, then {again:?}"
+        );
+    }
 }
 
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit` (a hang is a

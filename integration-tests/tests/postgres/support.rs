@@ -67,6 +67,12 @@ impl Rng {
         Self(seed)
     }
 
+    /// An independent generator seeded from this one (one per concurrent task, all replayable
+    /// from the parent's seed).
+    pub(crate) fn fork(&mut self) -> Self {
+        Self(self.next())
+    }
+
     pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
