@@ -519,7 +519,8 @@ enum NotCommitted {
     /// an earlier statement outside the savepoints failed) or broke then.
     #[error("the group's transaction failed before its commit")]
     Aborted(#[source] sqlx::Error),
-    /// The transaction holds fewer of the rows about to be acknowledged than appended.
+    /// The transaction does not hold exactly the rows about to be acknowledged (a savepoint
+    /// rolled back behind an answer's back: not expected, but then nothing is acknowledged).
     #[error("the group's transaction holds {found} of the {appended} events it appended")]
     RowsMissing { appended: usize, found: i64 },
     /// The COMMIT failed: rolled back, or unknown if the connection broke.
