@@ -38,8 +38,23 @@
 //!
 //! Every message is published with JetStream and its acknowledgement awaited; a duplicate
 //! (same `Nats-Msg-Id` within the duplicate window) is reported as
-//! [`PublishAck::duplicate`](edupulse_ports::PublishAck). The duplicate window must be at least
-//! the relay's longest retry horizon (see [`NatsConfig::duplicate_window`]).
+//! [`PublishAck::duplicate`](edupulse_ports::PublishAck).
+//!
+//! **Exactly once, whatever the time between two copies.** JetStream's deduplication only
+//! remembers ids for its duplicate window, so a relay down for longer than the window, or paused
+//! and woken up after its successor took over, would store events a second time. Every message
+//! is therefore fenced per subject: it carries `Nats-Expected-Last-Subject-Sequence`, the
+//! sequence of the last message on its own subject that precedes it, and the broker refuses it if
+//! the subject moved. The publisher learns those sequences from its acknowledgements and, when it
+//! does not know one (a new process, an aggregate first seen midway), from a look-up of the
+//! subject's last message on the stream leader; a refusal means someone else stored on the
+//! subject meanwhile, and a look-up tells whether the event itself is there (a duplicate) or what
+//! to expect now. The design is in the private `ledger` module; its limits: a deposed publisher can
+//! still store an event nobody stored yet (in order, once), and messages the stream removed
+//! (limits, purges) are forgotten by the fence as by the stream. NATS 2.11's
+//! `Nats-Expected-Last-Subject-Sequence-Subject` would allow one fence per aggregate across its
+//! subjects; the image runs 2.10. The duplicate window ([`NatsConfig::duplicate_window`]) still
+//! turns a quick retry of an ambiguous publish into a plain duplicate acknowledgement.
 //!
 //! **Ordering under pipelining.** Throughput comes from many messages awaiting acknowledgement at
 //! once, but pipelining within one stream can reorder it at the broker: if event 5 of a stream

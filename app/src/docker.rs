@@ -18,6 +18,8 @@ use thiserror::Error;
 
 const PG_IMAGE: (&str, &str) = ("edupulse-test/postgres", "15");
 const NATS_IMAGE: (&str, &str) = ("edupulse-test/nats", "2.10");
+/// The image's configuration that makes JetStream fsync every write before acknowledging it.
+const DURABLE_NATS_CONFIG: &str = "/etc/nats/durable.conf";
 const PG_PASSWORD: &str = "edupulse-demo";
 
 /// Why local servers could not be started.
@@ -89,7 +91,8 @@ impl LocalServers {
         let nats = GenericImage::new(NATS_IMAGE.0, NATS_IMAGE.1)
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
             .with_exposed_port(4222.tcp())
-            .with_cmd(["-js", "-sd", "/data", "-p", "4222"])
+            // Acknowledged means fsynced (see the README's guarantees).
+            .with_cmd(["-c", DURABLE_NATS_CONFIG, "-js", "-sd", "/data", "-p", "4222"])
             .with_label("edupulse-demo", "1")
             .with_host_config_modifier(|hc| on_volume(hc, "/data"))
             .with_startup_timeout(Duration::from_secs(60));

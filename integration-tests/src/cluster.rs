@@ -84,6 +84,9 @@ pub async fn start_nats_cluster() -> NatsCluster {
         let routes = routes.clone();
         async move {
             let args: Vec<String> = [
+                // Acknowledged means fsynced on every node (see the README's guarantees).
+                "-c",
+                crate::nats::DURABLE_NATS_CONFIG,
                 "-js",
                 "-sd",
                 "/data",

@@ -18,6 +18,10 @@ pub const NATS_PORT: u16 = 4222;
 pub const NATS_MONITOR_PORT: u16 = 8222;
 /// The server's readiness line (stderr).
 pub const NATS_READY_LINE: &str = "Server is ready";
+/// The image's configuration file that makes JetStream fsync every write before acknowledging
+/// it (`sync_interval: always`).
+pub const DURABLE_NATS_CONFIG: &str = "/etc/nats/durable.conf";
+
 /// Server arguments of [`start_nats`] and the shared container (the image's
 /// default command): JetStream on, its store in `/data` inside the container
 /// (kept across stop/start, gone with the container).
