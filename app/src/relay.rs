@@ -9,9 +9,12 @@
 //!
 //! # Behaviour
 //! - **One active relay per checkpoint name**, by a lease ([`LeaseProvider`]). Others wait as
-//!   standbys, retrying every `lease_retry`; when the active one dies its lease is freed and a
-//!   standby takes over. When the lease is lost (its connection died) the relay stops publishing
-//!   at once, mid-batch, and goes back to standby without saving anything.
+//!   standbys, retrying every `lease_retry`. The lease expires unless the active relay renews it,
+//!   so when the active one dies, or its host or network goes silent, a standby takes over
+//!   within about the lease's time to live. When the lease is lost (not renewed in time, or
+//!   found taken over) the relay stops publishing at once, mid-batch, and goes back to standby
+//!   without saving anything; the lease's store guarantees this happens before a successor can
+//!   take it. Each takeover's epoch (a fencing token) is logged and kept in [`RelayStats`].
 //! - **Latency and throughput.** Idle, the relay waits for a commit hint ([`CommitHints`], e.g.
 //!   PostgreSQL NOTIFY) or the poll interval, so an event is published milliseconds after commit.
 //!   Behind, it reads pages of `batch_size` and reads the next page while the current one is being
@@ -128,6 +131,8 @@ pub struct RelayStats {
     pub active: AtomicBool,
     /// Times this relay took the lease.
     pub takeovers: AtomicU64,
+    /// Epoch (fencing token) of the last lease this relay took; 0 before the first.
+    pub lease_epoch: AtomicU64,
     /// Time from the store recording an event to the broker's acknowledgement.
     pub commit_to_ack: LatencyHistogram,
     /// Unix time in milliseconds of the last healthy iteration (lease check or successful read).
@@ -221,8 +226,15 @@ impl Relay {
                 };
                 self.stats.active.store(true, Ordering::Relaxed);
                 self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .lease_epoch
+                    .store(lease.epoch(), Ordering::Relaxed);
                 metrics::gauge!("edupulse_relay_active").set(1.0);
-                info!(holder = %self.config.holder, "lease taken; relay active");
+                info!(
+                    holder = %self.config.holder,
+                    epoch = lease.epoch(),
+                    "lease taken; relay active"
+                );
                 self.publish_while_active(lease.as_ref(), &shutdown).await;
                 self.stats.active.store(false, Ordering::Relaxed);
                 metrics::gauge!("edupulse_relay_active").set(0.0);
@@ -445,7 +457,7 @@ impl Relay {
     }
 
     fn lost(&self) {
-        error!("lease lost (its connection died); stopped publishing, standing by");
+        error!("lease lost (not renewed in time, or taken over); stopped publishing, standing by");
         metrics::counter!("edupulse_relay_lease_lost_total").increment(1);
     }
 
@@ -694,6 +706,9 @@ impl Lease for AlwaysHeld {
     }
     fn is_held(&self) -> bool {
         true
+    }
+    fn epoch(&self) -> u64 {
+        0
     }
 }
 
