@@ -78,7 +78,8 @@ const HOLDER_SQL: &str =
 pub(crate) struct KeeperSettings {
     /// The store's connect options (URL, TLS, session keepalives).
     pub(crate) options: PgConnectOptions,
-    /// Longest wait for a new connection (also bounded by the attempt's time).
+    /// Longest wait for a new connection (also bounded by the attempt's time), and for the
+    /// statement taking a lease.
     pub(crate) connect_timeout: Duration,
     /// The lease timings.
     pub(crate) config: LeaseConfig,
@@ -95,12 +96,16 @@ pub(crate) async fn try_acquire(
     // The holder's clock starts before the statement is sent: the server's expiry is measured
     // from a later instant, so the holder's deadline always comes first.
     let sent = Instant::now();
-    let epoch: Option<i64> = sqlx::query_scalar(ACQUIRE_SQL)
+    let statement = sqlx::query_scalar(ACQUIRE_SQL)
         .bind(name)
         .bind(holder)
         .bind(ttl_ms)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut *conn);
+    // Bounded: on a connection gone silent the statement would wait for TCP to give up. If it
+    // did take the row, nobody holds the lease until it expires.
+    let epoch: Option<i64> = tokio::time::timeout(settings.connect_timeout, statement)
         .await
+        .map_err(|_| unavailable("timed out taking a lease"))?
         .map_err(map_sqlx)?;
     drop(conn);
     let Some(epoch) = epoch else {

@@ -235,7 +235,16 @@ impl Relay {
                     epoch = lease.epoch(),
                     "lease taken; relay active"
                 );
-                self.publish_while_active(lease.as_ref(), &shutdown).await;
+                tokio::select! {
+                    () = self.publish_while_active(lease.as_ref(), &shutdown) => {}
+                    // Whatever the active loop waits for (a read or a checkpoint save on a
+                    // connection that went silent), a lost lease ends it: nothing more is read,
+                    // published or saved.
+                    () = lease.lost() => {}
+                }
+                if !lease.is_held() {
+                    self.lost();
+                }
                 self.stats.active.store(false, Ordering::Relaxed);
                 metrics::gauge!("edupulse_relay_active").set(0.0);
                 drop(lease);
@@ -249,12 +258,15 @@ impl Relay {
     async fn acquire_lease(&self, shutdown: &CancellationToken) -> Option<Box<dyn Lease>> {
         let mut logged = false;
         loop {
-            match self
+            let attempt = self
                 .ports
                 .leases
-                .try_acquire(&self.config.name, &self.config.holder)
-                .await
-            {
+                .try_acquire(&self.config.name, &self.config.holder);
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                attempt = attempt => attempt,
+            };
+            match attempt {
                 Ok(Some(lease)) => {
                     self.stats.beat();
                     return Some(lease);
@@ -297,7 +309,6 @@ impl Relay {
             if matches!(exit, Interrupted::LeaseLost) {
                 // Another relay may be active already: save nothing more.
                 lease_lost.store(true, Ordering::SeqCst);
-                self.lost();
             }
             drop(acked);
         };

@@ -10,6 +10,8 @@
 //! - `broker`: NATS stopped ≥ 10 s during sustained appends; NATS paused mid-publish.
 //! - `relay`: the relay process killed with `SIGKILL` at 1/3 and 1/2 of a run; two relays
 //!   racing on one checkpoint, the active one killed.
+//! - `network`: the active relay's host goes silent (its packets dropped by `iptables`, the
+//!   process alive); the standby process must publish within 15 s.
 //! - `store`: PostgreSQL restarted mid-load.
 //! - `concurrency`: 16 writers on one stream; out-of-order commits of caller transactions.
 //! - `cluster`: a 3-node JetStream cluster with R3 streams losing a node.
@@ -28,6 +30,7 @@ mod child;
 mod cluster;
 mod concurrency;
 mod hostile_json;
+mod network;
 mod relay;
 mod security;
 mod store;

@@ -20,7 +20,7 @@ use crate::workload::{Run, Workload, soak_factor};
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until the lease `name` is held by `holder`.
-async fn wait_holder(run: &Run, holder: &str) {
+pub(crate) async fn wait_holder(run: &Run, holder: &str) {
     let started = Instant::now();
     loop {
         let current = run.backbone.store.holder(&run.name).await.ok().flatten();
@@ -99,7 +99,7 @@ async fn relay_killed_with_sigkill_at_a_third_and_at_half_of_the_run() {
     figures.report_and_check();
 }
 
-fn stats(name: &str, stats: &RelayStats) -> String {
+pub(crate) fn stats(name: &str, stats: &RelayStats) -> String {
     format!(
         "{name}: active {}, published {}, duplicates {}, takeovers {}",
         stats.active.load(Ordering::Relaxed),
@@ -109,7 +109,7 @@ fn stats(name: &str, stats: &RelayStats) -> String {
     )
 }
 
-async fn wait_active(stats: &Arc<RelayStats>) -> Duration {
+pub(crate) async fn wait_active(stats: &Arc<RelayStats>) -> Duration {
     let started = Instant::now();
     while !stats.active.load(Ordering::Relaxed) {
         assert!(
