@@ -122,7 +122,7 @@
 //! otherwise). `status` shows the holder of an unexpired row. Timings: [`LeaseConfig`], default
 //! TTL 10 s, renewals every TTL/3.
 //!
-//! *Why not a session advisory lock, as before.* A session lock lives as long as the server
+//! *Why not a session advisory lock.* A session lock lives as long as the server
 //! keeps the holder's session. When the holder's host dies or its network silently drops
 //! packets (no FIN, no RST), the server keeps it until TCP gives up, about two hours with the
 //! kernel's defaults, and no standby can take over. Server-side keepalives shorten that only
