@@ -72,7 +72,10 @@ async fn relay_killed_with_sigkill_at_a_third_and_at_half_of_the_run() {
     let workload = Workload {
         max_batch: 3,
         pace: Duration::from_millis(15),
-        appends: Some(300 * soak_factor() as usize),
+        // Long enough for the writers to keep appending across both takeovers: a killed
+        // relay's lease is taken over once it expires (up to its 10 s TTL), and each new relay
+        // must be seen publishing before it is killed.
+        appends: Some(1500 * soak_factor() as usize),
         ..Workload::default()
     };
     // 1 to 3 events per append: 2 on average.
