@@ -26,11 +26,219 @@ pub struct PgStoreConfig {
     pub max_event_bytes: usize,
     /// Coalescing of concurrent appends (see [`GroupCommitConfig`]).
     pub group_commit: GroupCommitConfig,
-    /// How often a held lease pings its connection. Loss is detected within about
-    /// `lease_ping_interval + lease_ping_timeout`.
-    pub lease_ping_interval: Duration,
-    /// How long a lease ping may take before the lease is declared lost.
-    pub lease_ping_timeout: Duration,
+    /// Time to live of a lease, how often its holder renews it and when it gives up (see
+    /// [`LeaseConfig`]).
+    pub lease: LeaseConfig,
+    /// TCP keepalives and user timeout the server applies to this store's sessions (see
+    /// [`SessionKeepalive`]).
+    pub session_keepalive: SessionKeepalive,
+}
+
+/// The timing of leases: a lease expires `ttl` after it was taken or last renewed, on the
+/// server's clock, unless its holder renews it first.
+///
+/// The holder renews every `renew_interval` and gives up (its [`edupulse_ports::Lease::lost`]
+/// fires) as soon as no renewal has succeeded within `ttl - safety_margin`, counted on its own
+/// monotonic clock from the moment the last successful renewal was *sent*. The server set that
+/// renewal's expiry to `ttl` after it *received* it, so the holder always stops at least
+/// `safety_margin` before anyone else can take the lease. The margin absorbs the difference of
+/// rate between the two clocks and the time the holder needs to stop acting (an in-flight
+/// publish being cut short).
+///
+/// A standby takes over at most `ttl` after the holder's last renewal reached the server, plus
+/// its own retry period: with the default 10 s and a 1 s retry, within 11 s of the holder's
+/// host going silent.
+///
+/// Valid by construction: `ttl` ≥ [`LeaseConfig::MIN_TTL`], `0 < renew_interval <
+/// ttl - safety_margin` (at least one renewal attempt fits before the holder gives up) and
+/// `safety_margin < ttl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    ttl: Duration,
+    renew_interval: Duration,
+    safety_margin: Duration,
+}
+
+impl LeaseConfig {
+    /// The default time to live: a standby takes over within ~11 s of a silent holder.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+    /// The shortest time to live accepted: shorter, a pause of the holder's process (a GC-free
+    /// runtime still stalls on a loaded host) would cost it the lease.
+    pub const MIN_TTL: Duration = Duration::from_millis(500);
+
+    /// A lease living `ttl`, renewed every `ttl / 3`, given up `ttl / 5` before it expires.
+    ///
+    /// # Errors
+    /// [`LeaseConfigError::TtlTooShort`] below [`LeaseConfig::MIN_TTL`].
+    pub fn new(ttl: Duration) -> Result<Self, LeaseConfigError> {
+        Self::with_timings(ttl, ttl / 3, ttl / 5)
+    }
+
+    /// A lease living `ttl`, renewed every `renew_interval`, given up `safety_margin` before it
+    /// expires.
+    ///
+    /// # Errors
+    /// [`LeaseConfigError`] naming the violated bound (see the type's docs).
+    pub fn with_timings(
+        ttl: Duration,
+        renew_interval: Duration,
+        safety_margin: Duration,
+    ) -> Result<Self, LeaseConfigError> {
+        if ttl < Self::MIN_TTL {
+            return Err(LeaseConfigError::TtlTooShort {
+                ttl,
+                min: Self::MIN_TTL,
+            });
+        }
+        if safety_margin >= ttl {
+            return Err(LeaseConfigError::MarginTooLarge { safety_margin, ttl });
+        }
+        let budget = ttl - safety_margin;
+        if renew_interval.is_zero() || renew_interval >= budget {
+            return Err(LeaseConfigError::RenewInterval {
+                renew_interval,
+                budget,
+            });
+        }
+        Ok(Self {
+            ttl,
+            renew_interval,
+            safety_margin,
+        })
+    }
+
+    /// How long a lease lives after it was taken or renewed, on the server's clock.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// How often the holder renews.
+    pub fn renew_interval(&self) -> Duration {
+        self.renew_interval
+    }
+
+    /// How long before the server would let a successor in the holder gives up.
+    pub fn safety_margin(&self) -> Duration {
+        self.safety_margin
+    }
+
+    /// How long after sending a renewal that then succeeded the holder still acts:
+    /// `ttl - safety_margin`.
+    pub fn holding_budget(&self) -> Duration {
+        self.ttl - self.safety_margin
+    }
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_TTL).expect("the default TTL is above the minimum")
+    }
+}
+
+/// Timings of a lease that cannot work (see [`LeaseConfig`]). A configuration mistake: fix the
+/// settings; retrying does not help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseConfigError {
+    /// The time to live is below the minimum.
+    #[error("the lease TTL {ttl:?} is shorter than the minimum {min:?}")]
+    TtlTooShort {
+        /// The TTL asked for.
+        ttl: Duration,
+        /// [`LeaseConfig::MIN_TTL`].
+        min: Duration,
+    },
+    /// The safety margin leaves no time to hold the lease.
+    #[error("the lease safety margin {safety_margin:?} is not shorter than the TTL {ttl:?}")]
+    MarginTooLarge {
+        /// The margin asked for.
+        safety_margin: Duration,
+        /// The TTL.
+        ttl: Duration,
+    },
+    /// The renew interval is zero, or no renewal would happen before the holder gives up.
+    #[error(
+        "the lease renew interval {renew_interval:?} must be above zero and below the TTL minus \
+         the safety margin ({budget:?})"
+    )]
+    RenewInterval {
+        /// The interval asked for.
+        renew_interval: Duration,
+        /// `ttl - safety_margin`.
+        budget: Duration,
+    },
+}
+
+/// TCP keepalives and user timeout the *server* applies to this store's sessions, sent as
+/// startup options (`-c tcp_keepalives_idle=…`), so that PostgreSQL notices a client whose host
+/// died or whose network silently dropped in seconds rather than after the kernel's defaults
+/// (about two hours), and ends its session: its locks and open transaction go with it (an open
+/// transaction holds back the relay's horizon, see the crate docs).
+///
+/// A zero field is not sent: the server's own setting applies. Zero them all behind a proxy that
+/// refuses startup options (PgBouncer unless `ignore_startup_parameters` lists `options`). Behind
+/// any proxy (docker-proxy, PgBouncer, a cloud load balancer) these settings only watch the
+/// proxy's connection, which the proxy keeps alive for a client that is gone: that is why leases
+/// do not rely on sessions (see [`LeaseConfig`]). Needs PostgreSQL 12 or later
+/// (`tcp_user_timeout`). Ignored by the server on Unix-socket connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionKeepalive {
+    /// Idle time before the server's first keepalive probe (`tcp_keepalives_idle`, whole
+    /// seconds).
+    pub idle: Duration,
+    /// Time between probes (`tcp_keepalives_interval`, whole seconds).
+    pub interval: Duration,
+    /// Probes lost before the connection is dropped (`tcp_keepalives_count`).
+    pub count: u32,
+    /// How long sent data may stay unacknowledged before the connection is dropped
+    /// (`tcp_user_timeout`, milliseconds).
+    pub user_timeout: Duration,
+}
+
+impl Default for SessionKeepalive {
+    /// Probes after 5 s idle, every 2 s, 3 lost: a silent client is dropped after ~11 s idle;
+    /// one with unacknowledged data after 10 s.
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(5),
+            interval: Duration::from_secs(2),
+            count: 3,
+            user_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionKeepalive {
+    /// Nothing sent: the server's settings apply.
+    pub fn server_defaults() -> Self {
+        Self {
+            idle: Duration::ZERO,
+            interval: Duration::ZERO,
+            count: 0,
+            user_timeout: Duration::ZERO,
+        }
+    }
+
+    /// The startup options to send: `(setting, value)` for each non-zero field.
+    pub(crate) fn startup_options(&self) -> Vec<(&'static str, String)> {
+        let secs = |d: Duration| (!d.is_zero()).then(|| d.as_secs().max(1).to_string());
+        [
+            ("tcp_keepalives_idle", secs(self.idle)),
+            ("tcp_keepalives_interval", secs(self.interval)),
+            (
+                "tcp_keepalives_count",
+                (self.count > 0).then(|| self.count.to_string()),
+            ),
+            (
+                "tcp_user_timeout",
+                (!self.user_timeout.is_zero()).then(|| self.user_timeout.as_millis().to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .collect()
+    }
 }
 
 /// Group commit: concurrent [`edupulse_ports::EventAppender::append`] calls are written many
@@ -79,7 +287,8 @@ impl GroupCommitConfig {
 
 impl PgStoreConfig {
     /// A configuration with the defaults: 10 connections, 5 s acquire timeout, the domain's event
-    /// size limit, group commit on with 2 writers, lease pinged every 500 ms with a 1.5 s timeout.
+    /// size limit, group commit on with 2 writers, the default [`LeaseConfig`] (10 s) and
+    /// [`SessionKeepalive`].
     pub fn new(url: SecretString) -> Self {
         Self {
             url,
@@ -88,17 +297,24 @@ impl PgStoreConfig {
             acquire_timeout: Duration::from_secs(5),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             group_commit: GroupCommitConfig::default(),
-            lease_ping_interval: Duration::from_millis(500),
-            lease_ping_timeout: Duration::from_millis(1500),
+            lease: LeaseConfig::default(),
+            session_keepalive: SessionKeepalive::default(),
         }
     }
 
-    /// Parses the URL into connect options.
+    /// Parses the URL into connect options, with the application name and the session
+    /// keepalives (after the URL's own `options`, so they win).
     pub(crate) fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         // The parser's own error is dropped on purpose: some of its messages quote the input.
-        PgConnectOptions::from_str(self.url.expose_secret())
+        let options = PgConnectOptions::from_str(self.url.expose_secret())
             .map(|o| o.application_name(&self.application_name))
-            .map_err(|_| ConfigError)
+            .map_err(|_| ConfigError)?;
+        let startup = self.session_keepalive.startup_options();
+        Ok(if startup.is_empty() {
+            options
+        } else {
+            options.options(startup)
+        })
     }
 }
 
@@ -121,8 +337,8 @@ impl fmt::Debug for PgStoreConfig {
             .field("acquire_timeout", &self.acquire_timeout)
             .field("max_event_bytes", &self.max_event_bytes)
             .field("group_commit", &self.group_commit)
-            .field("lease_ping_interval", &self.lease_ping_interval)
-            .field("lease_ping_timeout", &self.lease_ping_timeout)
+            .field("lease", &self.lease)
+            .field("session_keepalive", &self.session_keepalive)
             .finish()
     }
 }
@@ -136,6 +352,64 @@ pub struct ConfigError;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_defaults_take_over_within_fifteen_seconds() {
+        let lease = LeaseConfig::default();
+        assert_eq!(lease.ttl(), Duration::from_secs(10));
+        assert!(lease.renew_interval() < lease.holding_budget());
+        assert!(lease.holding_budget() < lease.ttl());
+        assert!(lease.ttl() + Duration::from_secs(1) < Duration::from_secs(15));
+    }
+
+    #[test]
+    fn lease_timings_are_validated() {
+        let s = Duration::from_secs;
+        assert!(matches!(
+            LeaseConfig::new(Duration::from_millis(100)),
+            Err(LeaseConfigError::TtlTooShort { .. })
+        ));
+        assert!(matches!(
+            LeaseConfig::with_timings(s(10), s(3), s(10)),
+            Err(LeaseConfigError::MarginTooLarge { .. })
+        ));
+        assert!(matches!(
+            LeaseConfig::with_timings(s(10), s(8), s(2)),
+            Err(LeaseConfigError::RenewInterval { .. })
+        ));
+        assert!(matches!(
+            LeaseConfig::with_timings(s(10), Duration::ZERO, s(2)),
+            Err(LeaseConfigError::RenewInterval { .. })
+        ));
+        let ok = LeaseConfig::with_timings(s(10), s(2), s(1)).expect("valid");
+        assert_eq!(ok.holding_budget(), s(9));
+    }
+
+    #[test]
+    fn session_keepalives_become_startup_options() {
+        let sent = SessionKeepalive::default().startup_options();
+        assert_eq!(
+            sent,
+            vec![
+                ("tcp_keepalives_idle", "5".to_owned()),
+                ("tcp_keepalives_interval", "2".to_owned()),
+                ("tcp_keepalives_count", "3".to_owned()),
+                ("tcp_user_timeout", "10000".to_owned()),
+            ]
+        );
+        assert!(
+            SessionKeepalive::server_defaults()
+                .startup_options()
+                .is_empty()
+        );
+        let config = PgStoreConfig::new(SecretString::from(
+            "postgres://app:pw@db.example/events?options=-c%20statement_timeout%3D5s",
+        ));
+        let options = config.connect_options().expect("valid URL");
+        let line = options.get_options().unwrap_or_default();
+        assert!(line.starts_with("-c statement_timeout=5s"), "{line}");
+        assert!(line.ends_with("-c tcp_user_timeout=10000"), "{line}");
+    }
 
     #[test]
     fn debug_never_shows_the_password() {

@@ -126,7 +126,7 @@
 //! (NOLOGIN; grant it to the login roles of services and the relay) may only SELECT and INSERT
 //! events, and read and write checkpoints and dead letters.
 //!
-//! # Commit hints and leases
+//! # Commit hints
 //!
 //! Followers are woken on channel [`HINT_CHANNEL`] (empty payload; a wake-up hint only, followers
 //! also poll). For an append in the caller's transaction, a statement-level trigger notifies:
@@ -135,10 +135,50 @@
 //! one coalesced NOTIFY after committing, from a read-only transaction: a NOTIFY inside a
 //! transaction takes a database-wide lock at commit and keeps it through the WAL flush, which
 //! serialized every committing appender (a seventh of the group writers' time at 5k events/s,
-//! wait event `Lock:object`). A lease is a session-level advisory lock held
-//! on a dedicated connection whose `application_name` names the holder; a watchdog pings it and
-//! declares the lease lost at the first failed ping, so a relay whose connection dies stops
-//! within about a second.
+//! wait event `Lock:object`).
+//!
+//! # Leases expire unless renewed
+//!
+//! A lease ([`LeaseProvider`]) is a row of `leases`: name, holder, epoch, `expires_at`. Taking
+//! it is one statement that inserts the row or takes it over once expired, incrementing its
+//! epoch (a fencing token, [`Lease::epoch`]) and setting `expires_at = clock_timestamp() + ttl`.
+//! A keeper task renews it every `renew_interval` on a connection of its own (replaced after a
+//! failed or stuck attempt); dropping the lease releases the row (best effort; it expires
+//! otherwise). `status` shows the holder of an unexpired row. Timings: [`LeaseConfig`], default
+//! TTL 10 s, renewals every TTL/3.
+//!
+//! *Why not a session advisory lock.* A session lock lives as long as the server
+//! keeps the holder's session. When the holder's host dies or its network silently drops
+//! packets (no FIN, no RST), the server keeps it until TCP gives up, about two hours with the
+//! kernel's defaults, and no standby can take over. Server-side keepalives shorten that only
+//! when nothing sits in between: a proxy (Docker's userland docker-proxy for ports published on
+//! 127.0.0.1, PgBouncer, a cloud load balancer) answers keepalives on behalf of a client that
+//! is gone, so the session, and a lock tied to it, may never end. An expiry needs no cooperation
+//! from the dead holder, its connections or anything between them. A session lock is also
+//! broken by PgBouncer in transaction mode (consecutive statements may run on different server
+//! sessions); the lease row needs no session state, so leases work through such a pooler too
+//! (the rest of the store does not rely on session state either, except commit hints: LISTEN
+//! needs session mode or a direct connection).
+//!
+//! *Why the holder never overlaps its successor.* The holder counts on its own monotonic clock
+//! from the moment it *sent* the last renewal that succeeded; the server counted the TTL from
+//! when it *received* it, later. The holder declares the lease lost ([`Lease::lost`]) once
+//! `ttl - safety_margin` has passed without another success, so it stops at least the margin
+//! (default TTL/5) before the server lets anyone else in. The margin covers the difference of
+//! rate between the two clocks and the time to stop. Only the server's clock decides expiry,
+//! so clients' clocks need not agree; a *step* of the server's wall clock (a manual change; NTP
+//! slews) shortens or lengthens leases by that much.
+//!
+//! *Timing.* A standby takes over at most one TTL after the holder's last renewal reached the
+//! server, plus its own retry period (the relay's `lease_retry`): 10 s + 1 s by default. A relay
+//! whose network fails gives up after at most `ttl - safety_margin` (8 s).
+//!
+//! *Sessions.* Every connection of the store also sends TCP keepalive and user timeout settings
+//! to the server ([`SessionKeepalive`]: probes after 5 s idle, every 2 s, 3 lost; unacknowledged
+//! data dropped after 10 s), so PostgreSQL ends the sessions of a vanished client in seconds and
+//! their open transactions stop holding the relay's horizon back. They only help when the
+//! server sees the client's own TCP connection (not through a proxy); leases do not rely on
+//! them. Zero them behind a pooler that refuses startup options (PgBouncer by default).
 //!
 //! # Costs, measured
 //!
@@ -191,7 +231,9 @@ mod lease;
 mod read;
 mod status;
 
-pub use config::{ConfigError, GroupCommitConfig, PgStoreConfig};
+pub use config::{
+    ConfigError, GroupCommitConfig, LeaseConfig, LeaseConfigError, PgStoreConfig, SessionKeepalive,
+};
 pub use error::APPEND_ONLY_SQLSTATE;
 pub use hints::HINT_CHANNEL;
 pub use status::OpenTransaction;
@@ -226,8 +268,7 @@ pub struct PgEventStore {
     group_config: GroupCommitConfig,
     group: Arc<OnceLock<group::GroupCommitter>>,
     after_commit: Arc<OnceLock<hints::AfterCommit>>,
-    lease_ping_interval: Duration,
-    lease_ping_timeout: Duration,
+    lease: LeaseConfig,
     connect_timeout: Duration,
 }
 
@@ -238,6 +279,7 @@ impl fmt::Debug for PgEventStore {
             .field("pool_size", &self.pool.size())
             .field("max_event_bytes", &self.max_event_bytes)
             .field("group_commit", &self.group_config)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -291,8 +333,7 @@ impl PgEventStore {
             group_config: config.group_commit,
             group: Arc::default(),
             after_commit: Arc::default(),
-            lease_ping_interval: config.lease_ping_interval,
-            lease_ping_timeout: config.lease_ping_timeout,
+            lease: config.lease,
             connect_timeout: config.acquire_timeout,
         })
     }
@@ -306,8 +347,7 @@ impl PgEventStore {
             group_config: defaults.group_commit,
             group: Arc::default(),
             after_commit: Arc::default(),
-            lease_ping_interval: defaults.lease_ping_interval,
-            lease_ping_timeout: defaults.lease_ping_timeout,
+            lease: defaults.lease,
             connect_timeout: defaults.acquire_timeout,
         }
     }
@@ -318,6 +358,13 @@ impl PgEventStore {
     pub fn with_group_commit(mut self, config: GroupCommitConfig) -> Self {
         self.group_config = config;
         self.group = Arc::default();
+        self
+    }
+
+    /// The same store with other lease timings (for leases taken through the returned value).
+    #[must_use]
+    pub fn with_lease_config(mut self, lease: LeaseConfig) -> Self {
+        self.lease = lease;
         self
     }
 
@@ -574,13 +621,12 @@ impl LeaseProvider for PgEventStore {
         name: &str,
         holder: &str,
     ) -> Result<Option<Box<dyn Lease>>, StoreError> {
-        let options = self.pool.connect_options();
-        let timings = lease::LeaseTimings {
+        let settings = lease::KeeperSettings {
+            options: (*self.pool.connect_options()).clone(),
             connect_timeout: self.connect_timeout,
-            ping_interval: self.lease_ping_interval,
-            ping_timeout: self.lease_ping_timeout,
+            config: self.lease,
         };
-        lease::try_acquire(&options, name, holder, &timings).await
+        lease::try_acquire(&self.pool, settings, name, holder).await
     }
 
     async fn holder(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -44,6 +44,27 @@ pub struct PgArgs {
     /// Largest number of pooled connections to PostgreSQL.
     #[arg(long, env = "EDUPULSE_PG_MAX_CONNECTIONS", default_value_t = 16)]
     pub pg_max_connections: u32,
+    /// Seconds a session may stay idle before the server sends TCP keepalives
+    /// (`tcp_keepalives_idle`, sent at connect; 0: the server's setting).
+    #[arg(long, env = "EDUPULSE_PG_KEEPALIVES_IDLE_S", default_value_t = 5)]
+    pub pg_keepalives_idle_s: u64,
+    /// Seconds between the server's keepalive probes (`tcp_keepalives_interval`; 0: the
+    /// server's setting).
+    #[arg(long, env = "EDUPULSE_PG_KEEPALIVES_INTERVAL_S", default_value_t = 2)]
+    pub pg_keepalives_interval_s: u64,
+    /// Probes lost before the server drops the session (`tcp_keepalives_count`; 0: the
+    /// server's setting).
+    #[arg(long, env = "EDUPULSE_PG_KEEPALIVES_COUNT", default_value_t = 3)]
+    pub pg_keepalives_count: u32,
+    /// Milliseconds the server lets sent data go unacknowledged before dropping the session
+    /// (`tcp_user_timeout`; 0: the server's setting). Set all four to 0 behind a pooler that
+    /// refuses startup options (PgBouncer by default).
+    #[arg(
+        long,
+        env = "EDUPULSE_PG_TCP_USER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub pg_tcp_user_timeout_ms: u64,
 }
 
 /// NATS connection and stream options.
@@ -202,6 +223,15 @@ pub struct RelayArgs {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "EDUPULSE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub listen: SocketAddr,
+    /// Time to live of the relay's lease, in milliseconds: a standby takes over within about
+    /// this (plus a second) after the active relay's host goes silent, and the active relay
+    /// gives up its work if it cannot renew the lease within 4/5 of it.
+    #[arg(long, env = "EDUPULSE_LEASE_TTL_MS", default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+    /// How often the active relay renews its lease, in milliseconds (default: a third of the
+    /// TTL). Must be below 4/5 of the TTL.
+    #[arg(long, env = "EDUPULSE_LEASE_RENEW_MS")]
+    pub lease_renew_ms: Option<u64>,
     /// Runtime worker threads. The relay is one pipeline (read, then publish with acks
     /// pipelined), so one thread is enough to saturate a broker; more threads only add
     /// cross-thread wake-ups and per-thread allocator memory (measured in issue 8).
@@ -330,5 +360,29 @@ mod tests {
         .unwrap();
         let printed = format!("{cli:?}");
         assert!(!printed.contains("sentinel-pw"), "{printed}");
+    }
+
+    #[test]
+    fn lease_timings_parse_and_are_validated() {
+        let relay = |extra: &[&str]| {
+            let mut args = vec!["edupulse-events", "relay"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).expect("parses").command {
+                Command::Relay(relay) => relay,
+                _ => unreachable!("parsed as the relay command"),
+            }
+        };
+        let defaults = relay(&[]).lease_config().expect("valid defaults");
+        assert_eq!(defaults.ttl(), std::time::Duration::from_secs(10));
+        let custom = relay(&["--lease-ttl-ms", "6000", "--lease-renew-ms", "1000"])
+            .lease_config()
+            .expect("valid");
+        assert_eq!(custom.renew_interval(), std::time::Duration::from_secs(1));
+        assert!(
+            relay(&["--lease-ttl-ms", "6000", "--lease-renew-ms", "6000"])
+                .lease_config()
+                .is_err()
+        );
+        assert!(relay(&["--lease-ttl-ms", "10"]).lease_config().is_err());
     }
 }

@@ -84,7 +84,7 @@ fn relay_config(name: &str, batch_size: usize, poll_ms: u64) -> RelayConfig {
 /// # Errors
 /// [`WiringError`] at start; the relay itself retries every failure.
 pub async fn relay(args: &RelayArgs) -> Result<(), WiringError> {
-    let backbone = Backbone::connect(&args.pg.store_config()?, args.nats.nats_config()?).await?;
+    let backbone = Backbone::connect(&args.store_config()?, args.nats.nats_config()?).await?;
     let relay = backbone.relay(relay_config(&args.name, args.batch_size, args.poll_ms));
     let running = spawn_relay(relay, Some(args.listen)).await?;
     if let Some(addr) = running.http {

@@ -9,9 +9,12 @@
 //!
 //! # Behaviour
 //! - **One active relay per checkpoint name**, by a lease ([`LeaseProvider`]). Others wait as
-//!   standbys, retrying every `lease_retry`; when the active one dies its lease is freed and a
-//!   standby takes over. When the lease is lost (its connection died) the relay stops publishing
-//!   at once, mid-batch, and goes back to standby without saving anything.
+//!   standbys, retrying every `lease_retry`. The lease expires unless the active relay renews it,
+//!   so when the active one dies, or its host or network goes silent, a standby takes over
+//!   within about the lease's time to live. When the lease is lost (not renewed in time, or
+//!   found taken over) the relay stops publishing at once, mid-batch, and goes back to standby
+//!   without saving anything; the lease's store guarantees this happens before a successor can
+//!   take it. Each takeover's epoch (a fencing token) is logged and kept in [`RelayStats`].
 //! - **Latency and throughput.** Idle, the relay waits for a commit hint ([`CommitHints`], e.g.
 //!   PostgreSQL NOTIFY) or the poll interval, so an event is published milliseconds after commit.
 //!   Behind, it reads pages of `batch_size` and reads the next page while the current one is being
@@ -134,6 +137,8 @@ pub struct RelayStats {
     pub active: AtomicBool,
     /// Times this relay took the lease.
     pub takeovers: AtomicU64,
+    /// Epoch (fencing token) of the last lease this relay took; 0 before the first.
+    pub lease_epoch: AtomicU64,
     /// Time from the store recording an event to the broker's acknowledgement.
     pub commit_to_ack: LatencyHistogram,
     /// Unix time in milliseconds of the last healthy iteration (lease check or successful read).
@@ -225,9 +230,25 @@ impl Relay {
                 };
                 self.stats.active.store(true, Ordering::Relaxed);
                 self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .lease_epoch
+                    .store(lease.epoch(), Ordering::Relaxed);
                 metrics::gauge!("edupulse_relay_active").set(1.0);
-                info!(holder = %self.config.holder, "lease taken; relay active");
-                self.publish_while_active(lease.as_ref(), &shutdown).await;
+                info!(
+                    holder = %self.config.holder,
+                    epoch = lease.epoch(),
+                    "lease taken; relay active"
+                );
+                tokio::select! {
+                    () = self.publish_while_active(lease.as_ref(), &shutdown) => {}
+                    // Whatever the active loop waits for (a read or a checkpoint save on a
+                    // connection that went silent), a lost lease ends it: nothing more is read,
+                    // published or saved.
+                    () = lease.lost() => {}
+                }
+                if !lease.is_held() {
+                    self.lost();
+                }
                 self.stats.active.store(false, Ordering::Relaxed);
                 metrics::gauge!("edupulse_relay_active").set(0.0);
                 drop(lease);
@@ -241,12 +262,15 @@ impl Relay {
     async fn acquire_lease(&self, shutdown: &CancellationToken) -> Option<Box<dyn Lease>> {
         let mut logged = false;
         loop {
-            match self
+            let attempt = self
                 .ports
                 .leases
-                .try_acquire(&self.config.name, &self.config.holder)
-                .await
-            {
+                .try_acquire(&self.config.name, &self.config.holder);
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                attempt = attempt => attempt,
+            };
+            match attempt {
                 Ok(Some(lease)) => {
                     self.stats.beat();
                     return Some(lease);
@@ -289,7 +313,6 @@ impl Relay {
             if matches!(exit, Interrupted::LeaseLost) {
                 // Another relay may be active already: save nothing more.
                 lease_lost.store(true, Ordering::SeqCst);
-                self.lost();
             }
             drop(acked);
         };
@@ -466,7 +489,7 @@ impl Relay {
     }
 
     fn lost(&self) {
-        error!("lease lost (its connection died); stopped publishing, standing by");
+        error!("lease lost (not renewed in time, or taken over); stopped publishing, standing by");
         metrics::counter!("edupulse_relay_lease_lost_total").increment(1);
     }
 
@@ -706,6 +729,9 @@ impl Lease for AlwaysHeld {
     }
     fn is_held(&self) -> bool {
         true
+    }
+    fn epoch(&self) -> u64 {
+        0
     }
 }
 

@@ -3,17 +3,18 @@
 //! The command, the demo, the bench and the end-to-end tests all go through [`Backbone`], so what
 //! the tests drive is the real wiring, not a copy of it.
 
-use crate::cli::{NatsArgs, PgArgs};
+use crate::cli::{NatsArgs, PgArgs, RelayArgs};
 use crate::relay::{Relay, RelayConfig, RelayPorts, RelayStats};
 use edupulse_nats::{
     ConnectError, ConsumerOptions, NatsAuth, NatsConfig, NatsConsumer, NatsPublisher,
     ProvisionError,
 };
 use edupulse_ports::{ConsumeError, StoreError};
-use edupulse_postgres::{PgEventStore, PgStoreConfig};
+use edupulse_postgres::{LeaseConfig, PgEventStore, PgStoreConfig, SessionKeepalive};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,45 @@ impl PgArgs {
         })?;
         let mut config = PgStoreConfig::new(url);
         config.max_connections = self.pg_max_connections.max(2);
+        let mut keepalive = SessionKeepalive::default();
+        keepalive.idle = Duration::from_secs(self.pg_keepalives_idle_s);
+        keepalive.interval = Duration::from_secs(self.pg_keepalives_interval_s);
+        keepalive.count = self.pg_keepalives_count;
+        keepalive.user_timeout = Duration::from_millis(self.pg_tcp_user_timeout_ms);
+        config.session_keepalive = keepalive;
+        Ok(config)
+    }
+}
+
+impl RelayArgs {
+    /// The lease timings: the TTL, and the renew interval when given (else a third of the TTL).
+    ///
+    /// # Errors
+    /// [`WiringError::Config`] for timings that cannot work (see [`LeaseConfig`]).
+    pub fn lease_config(&self) -> Result<LeaseConfig, WiringError> {
+        let ttl = Duration::from_millis(self.lease_ttl_ms);
+        let lease = match self.lease_renew_ms {
+            None => LeaseConfig::new(ttl),
+            Some(renew) => {
+                let defaults = LeaseConfig::new(ttl)
+                    .map_err(|e| WiringError::Config(format!("--lease-ttl-ms: {e}")))?;
+                LeaseConfig::with_timings(
+                    ttl,
+                    Duration::from_millis(renew),
+                    defaults.safety_margin(),
+                )
+            }
+        };
+        lease.map_err(|e| WiringError::Config(format!("--lease-ttl-ms / --lease-renew-ms: {e}")))
+    }
+
+    /// The store configuration of the relay: [`PgArgs::store_config`] with its lease timings.
+    ///
+    /// # Errors
+    /// [`WiringError::Config`].
+    pub fn store_config(&self) -> Result<PgStoreConfig, WiringError> {
+        let mut config = self.pg.store_config()?;
+        config.lease = self.lease_config()?;
         Ok(config)
     }
 }

@@ -16,6 +16,9 @@
 //! - [`cancel_statements_at_random`]: a task cancelling the statements of a
 //!   database's backends at random (`pg_cancel_backend`), as a statement timeout,
 //!   an operator or an out-of-memory error would make them fail.
+//! - [`Forwarder`]: a TCP forwarder on 127.0.0.1 giving one client a path (a port) of its own
+//!   to a server, to cut that client alone (packets dropped on its port, or
+//!   [`Forwarder::silence`]).
 //! - [`start_nats_cluster`]: a 3-node JetStream cluster on a user-defined Docker
 //!   network whose nodes can be stopped and started one by one ([`NatsCluster`]).
 //!
@@ -75,11 +78,13 @@
 pub mod cleanup;
 pub mod cluster;
 pub mod docker;
+pub mod forward;
 pub mod images;
 pub mod nats;
 pub mod postgres;
 
 pub use cluster::{NatsCluster, start_nats_cluster};
+pub use forward::Forwarder;
 pub use nats::{
     NatsContainer, read_back_config, shared_nats, start_nats, start_nats_with_args, unique_name,
 };

@@ -36,6 +36,8 @@ struct StoreState {
     dead_letters: HashMap<String, BTreeSet<EventId>>,
     parked: HashMap<String, Vec<ParkedEvent>>,
     leases: HashMap<String, (u64, String, Arc<LeaseFlag>)>,
+    /// The last epoch handed out per lease name (kept when a lease is freed).
+    lease_epochs: HashMap<String, u64>,
     hints: Vec<mpsc::UnboundedSender<()>>,
     unavailable: bool,
 }
@@ -72,8 +74,8 @@ impl InMemoryEventStore {
         lock(&self.state).unavailable = unavailable;
     }
 
-    /// Simulates the loss of the connection backing lease `name`: its holder sees
-    /// [`Lease::lost`] resolve, and the lease becomes free.
+    /// Simulates the expiry of lease `name` (its holder could not renew it in time): the holder
+    /// sees [`Lease::lost`] resolve, and the lease becomes free.
     pub fn revoke_lease(&self, name: &str) {
         if let Some((_, _, flag)) = lock(&self.state).leases.remove(name) {
             flag.revoke();
@@ -372,6 +374,7 @@ impl LeaseFlag {
 
 struct MemoryLease {
     id: u64,
+    epoch: u64,
     name: String,
     flag: Arc<LeaseFlag>,
     state: Arc<Mutex<StoreState>>,
@@ -391,6 +394,10 @@ impl Lease for MemoryLease {
 
     fn is_held(&self) -> bool {
         self.flag.held.load(Ordering::SeqCst)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch
     }
 }
 
@@ -426,8 +433,12 @@ impl LeaseProvider for InMemoryEventStore {
         state
             .leases
             .insert(name.to_owned(), (id, holder.to_owned(), flag.clone()));
+        let epoch = state.lease_epochs.entry(name.to_owned()).or_default();
+        *epoch += 1;
+        let epoch = *epoch;
         Ok(Some(Box::new(MemoryLease {
             id,
+            epoch,
             name: name.to_owned(),
             flag,
             state: self.state.clone(),
@@ -789,8 +800,11 @@ mod tests {
         store.revoke_lease("relay");
         lease.lost().await;
         assert!(!lease.is_held());
-        let other = store.try_acquire("relay", "b").await.unwrap();
-        assert!(other.is_some());
+        let other = store.try_acquire("relay", "b").await.unwrap().unwrap();
+        assert!(
+            other.epoch() > lease.epoch(),
+            "a takeover has a later epoch"
+        );
         drop(lease); // dropping the stale lease must not free the new holder's
         assert_eq!(store.holder("relay").await.unwrap().as_deref(), Some("b"));
     }

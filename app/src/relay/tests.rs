@@ -259,7 +259,7 @@ async fn one_active_relay_and_standby_takeover() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(a.stats().active.load(Ordering::Relaxed));
     assert!(!b.stats().active.load(Ordering::Relaxed));
-    // The active relay loses its lease's connection: it stops, the standby takes over.
+    // The active relay's lease expires (not renewed in time): it stops, the standby takes over.
     store.revoke_lease("default");
     append_events(&store, 2, 5).await;
     wait_for(&broker, 20).await;
@@ -291,7 +291,7 @@ async fn crash_then_restart_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(30)).await;
     handle.abort();
     let _ = handle.await;
-    store.revoke_lease("default"); // the dead process's connection is gone
+    store.revoke_lease("default"); // the dead process's lease expired
     broker.set_down(false);
     let relay = Arc::new(Relay::new(ports(&store, &broker), config()));
     let (stop, handle) = spawn(relay);

@@ -17,6 +17,10 @@ async fn quick_bench_runs_and_writes_its_outputs() {
         pg: PgArgs {
             database_url: Some(SecretString::from(db.url().to_owned())),
             pg_max_connections: 16,
+            pg_keepalives_idle_s: 5,
+            pg_keepalives_interval_s: 2,
+            pg_keepalives_count: 3,
+            pg_tcp_user_timeout_ms: 10_000,
         },
         nats: NatsArgs {
             nats_url: vec![nats.url()],

@@ -10,6 +10,8 @@
 //! - `broker`: NATS stopped ≥ 10 s during sustained appends; NATS paused mid-publish.
 //! - `relay`: the relay process killed with `SIGKILL` at 1/3 and 1/2 of a run; two relays
 //!   racing on one checkpoint, the active one killed.
+//! - `network`: the active relay's host goes silent (its packets dropped by `iptables`, the
+//!   process alive); the standby process must publish within 15 s.
 //! - `store`: PostgreSQL restarted mid-load; statements cancelled at random under group commit.
 //! - `edges`: a relay down four times the broker's duplicate window; a row no decoder accepts in
 //!   the middle of a run (it parks its stream, the others flow); a sealed broker stream (the relay
@@ -32,6 +34,7 @@ mod cluster;
 mod concurrency;
 mod edges;
 mod hostile_json;
+mod network;
 mod relay;
 mod security;
 mod store;

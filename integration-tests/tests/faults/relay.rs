@@ -20,7 +20,7 @@ use crate::workload::{Run, Workload, soak_factor};
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Waits until the lease `name` is held by `holder`.
-async fn wait_holder(run: &Run, holder: &str) {
+pub(crate) async fn wait_holder(run: &Run, holder: &str) {
     let started = Instant::now();
     loop {
         let current = run.backbone.store.holder(&run.name).await.ok().flatten();
@@ -72,7 +72,10 @@ async fn relay_killed_with_sigkill_at_a_third_and_at_half_of_the_run() {
     let workload = Workload {
         max_batch: 3,
         pace: Duration::from_millis(15),
-        appends: Some(300 * soak_factor() as usize),
+        // Long enough for the writers to keep appending across both takeovers: a killed
+        // relay's lease is taken over once it expires (up to its 10 s TTL), and each new relay
+        // must be seen publishing before it is killed.
+        appends: Some(1500 * soak_factor() as usize),
         ..Workload::default()
     };
     // 1 to 3 events per append: 2 on average.
@@ -99,7 +102,7 @@ async fn relay_killed_with_sigkill_at_a_third_and_at_half_of_the_run() {
     figures.report_and_check();
 }
 
-fn stats(name: &str, stats: &RelayStats) -> String {
+pub(crate) fn stats(name: &str, stats: &RelayStats) -> String {
     format!(
         "{name}: active {}, published {}, duplicates {}, takeovers {}",
         stats.active.load(Ordering::Relaxed),
@@ -109,7 +112,7 @@ fn stats(name: &str, stats: &RelayStats) -> String {
     )
 }
 
-async fn wait_active(stats: &Arc<RelayStats>) -> Duration {
+pub(crate) async fn wait_active(stats: &Arc<RelayStats>) -> Duration {
     let started = Instant::now();
     while !stats.active.load(Ordering::Relaxed) {
         assert!(

@@ -1,11 +1,39 @@
-//! Leases (exclusive, visible, lost at once with their connection) and commit hints.
+//! Leases (exclusive, visible, expiring unless renewed, fenced by epochs, released on drop) and
+//! commit hints.
 
-use crate::support::{events, store_on};
+use crate::support::{config, events, store_on};
 use edupulse_domain::{ExpectedVersion, StreamId};
-use edupulse_integration_tests::fresh_database;
+use edupulse_integration_tests::postgres::{PG_PASSWORD, PG_USER};
+use edupulse_integration_tests::{Forwarder, TestDb, fresh_database, shared_postgres};
 use edupulse_ports::{CommitHints, EventAppender, LeaseProvider};
+use edupulse_postgres::{LeaseConfig, PgEventStore};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
+
+/// Short lease timings, so expiry tests take seconds: TTL 2 s, renewed every 500 ms, given up
+/// 400 ms before it expires.
+fn short_lease() -> LeaseConfig {
+    LeaseConfig::with_timings(
+        Duration::from_millis(2000),
+        Duration::from_millis(500),
+        Duration::from_millis(400),
+    )
+    .expect("valid timings")
+}
+
+/// A store with short leases, reaching `db` on `port` of 127.0.0.1 (the server's, or a
+/// forwarder's).
+async fn short_lease_store(db: &TestDb, port: u16) -> PgEventStore {
+    let url = format!(
+        "postgres://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{port}/{}",
+        db.name()
+    );
+    let mut config = config(&url);
+    config.lease = short_lease();
+    PgEventStore::connect(&config)
+        .await
+        .expect("connect the store")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_is_exclusive_shows_its_holder_and_is_released_on_drop() {
@@ -39,8 +67,10 @@ async fn a_lease_is_exclusive_shows_its_holder_and_is_released_on_drop() {
         .expect("another name is free");
     assert_eq!(other.holder("nobody").await.expect("holder"), None);
 
+    // Released on drop: taken again long before the 10 s TTL would have freed it.
+    let first_epoch = lease.epoch();
     drop(lease);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let dropped = Instant::now();
     let taken = loop {
         if let Some(lease) = other
             .try_acquire("relay", "relay-b host-2")
@@ -49,9 +79,14 @@ async fn a_lease_is_exclusive_shows_its_holder_and_is_released_on_drop() {
         {
             break lease;
         }
-        assert!(Instant::now() < deadline, "released after drop");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            dropped.elapsed() < Duration::from_secs(3),
+            "released on drop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    eprintln!("lease released and taken again in {:?}", dropped.elapsed());
+    assert!(taken.epoch() > first_epoch, "a takeover has a later epoch");
     assert_eq!(
         store.holder("relay").await.expect("holder").as_deref(),
         Some("relay-b host-2")
@@ -60,40 +95,130 @@ async fn a_lease_is_exclusive_shows_its_holder_and_is_released_on_drop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_the_lease_connection_is_detected_at_once() {
+async fn concurrent_takers_of_a_free_lease_get_it_once() {
     let db = fresh_database().await;
-    let store = store_on(&db).await;
-    let lease = store
-        .try_acquire("relay", "doomed-relay")
+    let stores: Vec<PgEventStore> = futures::future::join_all((0..8).map(|_| store_on(&db))).await;
+    let attempts = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| async move { s.try_acquire("contended", &format!("taker-{i}")).await });
+    let won: Vec<_> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter_map(|r| r.expect("acquire"))
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one taker wins");
+    assert_eq!(won[0].epoch(), 1, "the first tenure of a name");
+}
+
+/// The holder's path to the server goes silent (a forwarder that drops everything, while the
+/// server still sees a healthy connection, as behind docker-proxy or a pooler): the holder gives
+/// up before the lease expires, and a successor takes it once it has expired, with the next
+/// epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_holder_loses_the_lease_before_a_successor_takes_it_over() {
+    let db = fresh_database().await;
+    let pg = shared_postgres().await;
+    let path = Forwarder::start(pg.port()).await;
+    let holder = short_lease_store(&db, path.port()).await;
+    let successor = short_lease_store(&db, pg.port()).await;
+
+    let lease = holder
+        .try_acquire("relay", "silent-holder")
         .await
         .expect("acquire")
         .expect("free");
-    let pid: i32 = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'edupulse-lease:doomed-relay'",
-    )
-    .fetch_one(store.pool())
-    .await
-    .expect("the lease's backend");
-    let killed = Instant::now();
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
-        .bind(pid)
-        .fetch_one(store.pool())
-        .await
-        .expect("terminate");
-    assert!(terminated);
-    tokio::time::timeout(Duration::from_secs(3), lease.lost())
-        .await
-        .expect("lost() resolves within 3 s");
-    eprintln!("lease loss detected in {:?}", killed.elapsed());
-    assert!(!lease.is_held());
-    // The lock went with the session: another holder can take it.
+    // Renewed: still held well past its TTL.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(lease.is_held(), "renewed while the path works");
     assert!(
-        store
+        successor
             .try_acquire("relay", "successor")
             .await
             .expect("acquire")
-            .is_some()
+            .is_none(),
+        "a renewed lease is not free"
+    );
+
+    path.silence();
+    let silenced = Instant::now();
+    let taker = tokio::spawn(async move {
+        loop {
+            if let Some(lease) = successor
+                .try_acquire("relay", "successor")
+                .await
+                .expect("acquire")
+            {
+                return (Instant::now(), lease, successor);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(3), lease.lost())
+        .await
+        .expect("lost() resolves within the TTL");
+    let lost = Instant::now();
+    assert!(!lease.is_held());
+    let (taken, next, successor) = tokio::time::timeout(Duration::from_secs(5), taker)
+        .await
+        .expect("taken over within the TTL and a bit")
+        .expect("taker task");
+    eprintln!(
+        "silent holder: gave up after {:?}, taken over after {:?}",
+        lost - silenced,
+        taken - silenced
+    );
+    assert!(
+        lost < taken,
+        "the holder gives up before the successor takes over"
+    );
+    assert!(taken - silenced <= Duration::from_secs(2) + Duration::from_millis(500));
+    assert_eq!(next.epoch(), lease.epoch() + 1, "the takeover's epoch");
+    assert_eq!(
+        successor.holder("relay").await.expect("holder").as_deref(),
+        Some("successor")
+    );
+}
+
+/// A renewal connection that dies costs one attempt, not the lease: the keeper reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_renewal_connection_is_replaced_and_the_lease_kept() {
+    let db = fresh_database().await;
+    let pg = shared_postgres().await;
+    let store = short_lease_store(&db, pg.port()).await;
+    let lease = store
+        .try_acquire("relay", "sturdy-relay")
+        .await
+        .expect("acquire")
+        .expect("free");
+    let started = Instant::now();
+    let terminated = loop {
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() \
+               AND application_name = 'edupulse-lease:sturdy-relay'",
+        )
+        .fetch_all(store.pool())
+        .await
+        .expect("terminate the keeper's backend");
+        if killed.contains(&true) {
+            break Instant::now();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the keeper connects for its first renewal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        lease.is_held(),
+        "held {:?} after its connection died",
+        terminated.elapsed()
+    );
+    assert_eq!(
+        store.holder("relay").await.expect("holder").as_deref(),
+        Some("sturdy-relay")
     );
 }
 
