@@ -222,6 +222,30 @@ async fn a_dead_renewal_connection_is_replaced_and_the_lease_kept() {
     );
 }
 
+/// The store's sessions carry its TCP keepalive settings, so the server drops the session of a
+/// vanished client (one it sees directly) in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_sessions_ask_the_server_for_quick_tcp_timeouts() {
+    let db = fresh_database().await;
+    let store = store_on(&db).await;
+    let mut settings = Vec::new();
+    for name in [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+    ] {
+        // In the setting's base unit (seconds, or milliseconds for the user timeout).
+        let value: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(store.pool())
+            .await
+            .expect("read the setting");
+        settings.push(value);
+    }
+    assert_eq!(settings, ["5", "2", "3", "10000"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_arrive_after_commits_and_end_with_the_connection() {
     let db = fresh_database().await;
