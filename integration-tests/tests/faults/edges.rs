@@ -1,5 +1,6 @@
 //! The edges of the guarantees: a relay down for longer than the broker's duplicate window, a
-//! row the relay cannot decode in the middle of a run, a broker stream that refuses every write.
+//! paused relay waking up after its successor took over, a row the relay cannot decode in the
+//! middle of a run, a broker stream that refuses every write.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -11,6 +12,7 @@ use edupulse_ports::{AppendOutcome, AppendedEvent, CheckpointStore, EventAppende
 
 use crate::checker::lock;
 use crate::child::{kill_9, spawn_relay_process};
+use crate::relay::{wait_active, wait_holder};
 use crate::workload::{
     Run, Workload, append_until_acknowledged, event, nats_config, pg_config, wait_parked, within,
 };
@@ -263,4 +265,57 @@ async fn a_sealed_broker_stream_blocks_the_relay_without_parking_or_skipping() {
     assert!(stats.retries.load(Ordering::Relaxed) > 0);
     eprintln!("faults: sealed stream: relay blocked, reason: {blocked}");
     Run::stop_relay(relay).await;
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+async fn signal(pid: u32, signal: &str) {
+    let status = tokio::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .await
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_relay_resumed_after_its_successor_took_over_stores_nothing_twice() {
+    let db = fresh_database().await;
+    let nats = shared_nats().await;
+    let run = Run::start("paused_relay", db.url(), vec![nats.url()]).await;
+    let writers = run.writers(Workload {
+        appends: Some(2_500),
+        pace: Duration::from_millis(8),
+        ..Workload::default()
+    });
+    // The active relay is a process frozen mid-publishing (a GC stall, SIGSTOP, a frozen VM):
+    // its connections stay open, it neither renews its lease nor lets it go.
+    let mut frozen = spawn_relay_process(db.url(), &run.nats, &run.name);
+    let pid = frozen.id().expect("the relay process runs");
+    wait_holder(&run, &format!("pid {pid}")).await;
+    let seen = lock(&run.consumed).distinct();
+    wait_flowing(&run, seen, 200).await;
+    signal(pid, "STOP").await;
+    let paused = Instant::now();
+    // The standby takes over once the frozen relay's lease expired, and publishes.
+    let successor = run.spawn_relay().await;
+    let took_over = wait_active(&successor.stats).await;
+    let since = lock(&run.consumed).distinct();
+    wait_flowing(&run, since, 300).await;
+    // The frozen relay wakes up with a batch in hand and sends it.
+    signal(pid, "CONT").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kill_9(&mut frozen).await;
+    writers.finish().await;
+    let recovery = run.caught_up_since(paused).await;
+    let stats = successor.stats.clone();
+    let mut figures = run.finish("paused_relay_resumed", &HashSet::new()).await;
+    Run::stop_relay(successor).await;
+    figures.recovery = recovery;
+    figures.notes = format!(
+        "active relay SIGSTOPped mid-publishing; successor active after {} ms; the paused one \
+         resumed 300+ events later; successor found {} already stored",
+        took_over.as_millis(),
+        stats.duplicates.load(Ordering::Relaxed)
+    );
+    figures.report_and_check();
 }
