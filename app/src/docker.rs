@@ -92,7 +92,15 @@ impl LocalServers {
             .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
             .with_exposed_port(4222.tcp())
             // Acknowledged means fsynced (see the README's guarantees).
-            .with_cmd(["-c", DURABLE_NATS_CONFIG, "-js", "-sd", "/data", "-p", "4222"])
+            .with_cmd([
+                "-c",
+                DURABLE_NATS_CONFIG,
+                "-js",
+                "-sd",
+                "/data",
+                "-p",
+                "4222",
+            ])
             .with_label("edupulse-demo", "1")
             .with_host_config_modifier(|hc| on_volume(hc, "/data"))
             .with_startup_timeout(Duration::from_secs(60));
