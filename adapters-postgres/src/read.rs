@@ -182,15 +182,23 @@ pub(crate) async fn read_all(
     after: Cursor,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
+    decode_rows(read_all_rows(pool, after, limit).await?)
+}
+
+/// The rows of the commit-safe read ([`READ_ALL_SQL`]), not yet decoded.
+async fn read_all_rows(
+    pool: &PgPool,
+    after: Cursor,
+    limit: usize,
+) -> Result<Vec<EventRow>, StoreError> {
     let limit = check_limit(limit)?;
-    let rows = sqlx::query_as::<_, EventRow>(&READ_ALL_SQL)
+    sqlx::query_as::<_, EventRow>(&READ_ALL_SQL)
         .bind(clamp(after.commit))
         .bind(clamp(after.position))
         .bind(limit)
         .fetch_all(pool)
         .await
-        .map_err(map_sqlx)?;
-    decode_rows(rows)
+        .map_err(map_sqlx)
 }
 
 pub(crate) async fn follow(
@@ -198,14 +206,7 @@ pub(crate) async fn follow(
     after: Cursor,
     limit: usize,
 ) -> Result<Vec<FollowedRow>, StoreError> {
-    let limit = check_limit(limit)?;
-    let rows = sqlx::query_as::<_, EventRow>(&READ_ALL_SQL)
-        .bind(clamp(after.commit))
-        .bind(clamp(after.position))
-        .bind(limit)
-        .fetch_all(pool)
-        .await
-        .map_err(map_sqlx)?;
+    let rows = read_all_rows(pool, after, limit).await?;
     rows.into_iter().map(EventRow::into_followed).collect()
 }
 
