@@ -47,6 +47,9 @@ pub struct NatsPublisher {
 /// publisher is writing the same aggregate right now.
 const FENCE_ROUNDS: usize = 4;
 
+/// A subject sequence no stream reaches (JetStream parses the header as a signed 64-bit number).
+const UNMEETABLE_SEQUENCE: u64 = i64::MAX as u64;
+
 /// What a look-up of an event's subject found.
 enum Found {
     /// The event, or a later version of its aggregate on the same subject, is already stored.
@@ -146,12 +149,14 @@ impl NatsPublisher {
         let mut expectation = self.ledger().expectation(stream, event_type, version);
         let mut message = Some(first);
         for _ in 0..FENCE_ROUNDS {
+            let mut known_stored = None;
             let expected = match expectation {
+                // Sent with an expectation no subject can meet: within the duplicate window the
+                // broker answers with the original's sequence, after it the message is refused;
+                // it is never stored again.
                 Expectation::AlreadyStored(sequence) => {
-                    return Ok(PublishAck {
-                        duplicate: true,
-                        sequence,
-                    });
+                    known_stored = Some(sequence);
+                    UNMEETABLE_SEQUENCE
                 }
                 Expectation::LastSubjectSequence(seq) => seq,
                 Expectation::Unknown => match self.look_up(event).await? {
@@ -177,6 +182,12 @@ impl NatsPublisher {
                     });
                 }
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    if let Some(sequence) = known_stored {
+                        return Ok(PublishAck {
+                            duplicate: true,
+                            sequence,
+                        });
+                    }
                     expectation = Expectation::Unknown;
                 }
                 Err(e) => return Err(classify(e, 0, limit)),
