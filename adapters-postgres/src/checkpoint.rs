@@ -12,18 +12,18 @@ use sqlx::PgPool;
 /// greater value; `updated_at` records the save either way ("when it was last saved", as the
 /// port says, so a status shows a relay that is alive but idle as fresh).
 const SAVE_SQL: &str = "\
-    INSERT INTO relay_checkpoints AS c (name, commit_key, position, updated_at) \
-    SELECT $1::text, $2::int8, $3::int8, clock_timestamp() \
+    INSERT INTO relay_checkpoints AS c (name, commit_key, position, broker_sequence, updated_at) \
+    SELECT $1::text, $2::int8, $3::int8, $4::int8, clock_timestamp() \
     FROM (SELECT set_config('synchronous_commit', 'off', true)) AS asynchronous_commit \
     ON CONFLICT (name) DO UPDATE SET \
         commit_key = CASE WHEN (c.commit_key, c.position) < (excluded.commit_key, excluded.position) \
                           THEN excluded.commit_key ELSE c.commit_key END, \
         position   = CASE WHEN (c.commit_key, c.position) < (excluded.commit_key, excluded.position) \
                           THEN excluded.position ELSE c.position END, \
+        broker_sequence = GREATEST(c.broker_sequence, excluded.broker_sequence), \
         updated_at = excluded.updated_at";
 
-const LOAD_SQL: &str =
-    "SELECT commit_key, position, updated_at FROM relay_checkpoints WHERE name = $1";
+const LOAD_SQL: &str = "SELECT commit_key, position, broker_sequence, updated_at FROM relay_checkpoints WHERE name = $1";
 
 const DEAD_LETTER_SQL: &str = "\
     INSERT INTO relay_dead_letters (name, event_id, position, reason) VALUES ($1, $2, $3, $4) \
@@ -69,17 +69,18 @@ fn to_i64(value: u64) -> Result<i64, StoreError> {
 }
 
 pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<Checkpoint>, StoreError> {
-    let row: Option<(i64, i64, DateTime<Utc>)> = sqlx::query_as(LOAD_SQL)
+    let row: Option<(i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(LOAD_SQL)
         .bind(name)
         .fetch_optional(pool)
         .await
         .map_err(map_sqlx)?;
-    row.map(|(commit, position, updated_at)| {
+    row.map(|(commit, position, broker_sequence, updated_at)| {
         Ok(Checkpoint {
             cursor: Cursor {
                 commit: to_u64(commit)?,
                 position: to_u64(position)?,
             },
+            broker_sequence: to_u64(broker_sequence)?,
             updated_at,
         })
     })
@@ -99,11 +100,17 @@ pub(crate) async fn load(pool: &PgPool, name: &str) -> Result<Option<Checkpoint>
 /// (implicit) transaction, commit included. An explicit BEGIN / SET LOCAL / upsert / COMMIT took
 /// four round trips, and the transaction id stayed open between the upsert and the COMMIT for as
 /// long as the relay's task took to send it.
-pub(crate) async fn save(pool: &PgPool, name: &str, cursor: Cursor) -> Result<(), StoreError> {
+pub(crate) async fn save(
+    pool: &PgPool,
+    name: &str,
+    cursor: Cursor,
+    broker_sequence: u64,
+) -> Result<(), StoreError> {
     sqlx::query(SAVE_SQL)
         .bind(name)
         .bind(to_i64(cursor.commit)?)
         .bind(to_i64(cursor.position)?)
+        .bind(to_i64(broker_sequence)?)
         .execute(pool)
         .await
         .map_err(map_sqlx)?;

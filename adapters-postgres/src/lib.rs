@@ -575,8 +575,13 @@ impl CheckpointStore for PgEventStore {
         checkpoint::load(&self.pool, name).await
     }
 
-    async fn save(&self, name: &str, cursor: Cursor) -> Result<(), StoreError> {
-        checkpoint::save(&self.pool, name, cursor).await
+    async fn save(
+        &self,
+        name: &str,
+        cursor: Cursor,
+        broker_sequence: u64,
+    ) -> Result<(), StoreError> {
+        checkpoint::save(&self.pool, name, cursor, broker_sequence).await
     }
 
     async fn record_dead_letter(

@@ -40,7 +40,7 @@ pub use catchup::RelayMode;
 pub use report::BenchReport;
 
 use crate::cli::{BenchArgs, BenchPhase};
-use crate::docker::{DockerError, LocalServers};
+use crate::docker::{BrokerSync, DockerError, LocalNats, LocalServers};
 use crate::relay::RelayConfig;
 use crate::stats::ms;
 use crate::wiring::{Backbone, WiringError, spawn_relay};
@@ -139,10 +139,16 @@ pub async fn run_with(args: &BenchArgs, options: &BenchOptions) -> Result<BenchR
         (Some(_), false) => None,
         _ => {
             eprintln!("starting PostgreSQL (fsync on) and NATS in Docker…");
-            let servers = LocalServers::start().await?;
+            // nats-server's default sync, as the rows measured before; the cost of syncing
+            // every write is the row of its own below, on a second server.
+            let servers = LocalServers::start(BrokerSync::ServerDefault).await?;
             eprintln!("servers ready in {:.1} s", servers.startup.as_secs_f64());
             Some(servers)
         }
+    };
+    let durable = match &local {
+        Some(_) => Some(LocalNats::start(BrokerSync::Always).await?),
+        None => None,
     };
     let mut pg = args.pg.clone();
     let mut nats = args.nats.clone();
@@ -164,8 +170,9 @@ pub async fn run_with(args: &BenchArgs, options: &BenchOptions) -> Result<BenchR
     let url = database.url.clone().unwrap_or_else(|| given.clone());
     pg.database_url = Some(url.clone());
 
-    let result = run_phases(args, options, &pg, &nats, &run_id, &probe).await;
+    let result = run_phases(args, options, &pg, &nats, &run_id, &probe, durable.as_ref()).await;
     database.drop_it(&given).await;
+    drop(durable);
     drop(local);
     let report = result?;
     print!("{}", report.table());
@@ -302,6 +309,7 @@ async fn run_phases(
     nats: &crate::cli::NatsArgs,
     run_id: &str,
     probe: &CpuProbe,
+    durable: Option<&LocalNats>,
 ) -> Result<BenchReport, BenchError> {
     let plan = Plan::of(args);
     let mut pg_config: PgStoreConfig = pg.store_config()?;
@@ -389,6 +397,30 @@ async fn run_phases(
             m,
             measure(cpu, &m),
         );
+        // 2b: the same on a server that fsyncs every write before acknowledging it.
+        if let Some(durable) = durable {
+            let client = async_nats::connect(&durable.url)
+                .await
+                .map_err(|e| BenchError::Nats {
+                    what: "connect to the syncing server",
+                    source: Box::new(e),
+                })?;
+            let durable_js = edupulse_nats::jetstream_context(client, &backbone.nats);
+            raw::create_raw_stream(&durable_js, &raw_stream, &raw_prefix).await?;
+            let durable_probe = CpuProbe {
+                postgres: None,
+                nats: Some(durable.id()),
+            };
+            let before = durable_probe.snapshot(None);
+            let m = raw::raw_publish(&durable_js, &raw_prefix, &template, plan.raw_events, window)
+                .await?;
+            row(
+                "raw_js_sync_always",
+                format!("2b. raw JetStream as 2, sync_interval: always ({window})"),
+                m,
+                CpuPerEvent::between(before, durable_probe.snapshot(None), m.events),
+            );
+        }
         // The ceiling of the whole path: both at once.
         let cpu = probe.snapshot(None);
         let started = Instant::now();
@@ -544,7 +576,7 @@ async fn run_phases(
             {
                 use edupulse_ports::CheckpointStore;
                 let tip = catchup::tip(&raw_pool).await?;
-                backbone.store.save(&relay_name, tip).await?;
+                backbone.store.save(&relay_name, tip, 0).await?;
             }
             // The backbone's relay, its publisher wrapped to time commit → ack per event.
             let committed: timing::Committed = Arc::default();

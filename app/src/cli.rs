@@ -190,6 +190,10 @@ pub enum Command {
         /// PostgreSQL options.
         #[command(flatten)]
         pg: PgArgs,
+        /// NATS options: with a NATS URL, the broker's last sequence is compared with what it
+        /// acknowledged (a broker that went back in time lost acknowledged events).
+        #[command(flatten)]
+        nats: NatsArgs,
         /// Checkpoint name.
         #[arg(long, env = "EDUPULSE_RELAY_NAME", default_value = "default")]
         name: String,

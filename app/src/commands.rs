@@ -189,7 +189,7 @@ pub async fn read(args: &ReadArgs) -> Result<(), WiringError> {
 ///
 /// # Errors
 /// [`WiringError`].
-pub async fn status(pg: &PgArgs, name: &str) -> Result<(), WiringError> {
+pub async fn status(pg: &PgArgs, nats: &NatsArgs, name: &str) -> Result<(), WiringError> {
     let store = connect_store(pg).await?;
     let head = store.head().await?;
     let checkpoint = store.load(name).await?;
@@ -208,6 +208,10 @@ pub async fn status(pg: &PgArgs, name: &str) -> Result<(), WiringError> {
             .map(|c| (Utc::now() - c.updated_at).num_milliseconds() as f64 / 1e3),
         "lag_events_estimate": head.last_position.saturating_sub(published),
         "relay_holder": holder,
+        "broker": match &checkpoint {
+            Some(c) if !nats.nats_url.is_empty() => broker_status(&nats.nats_config()?, c).await?,
+            _ => serde_json::Value::Null,
+        },
         "dead_letters": dead,
         "parked_streams": parked.iter().map(parked_json).collect::<Vec<_>>(),
         "oldest_open_write_transaction": oldest.map(|t| json!({
@@ -224,6 +228,45 @@ pub async fn status(pg: &PgArgs, name: &str) -> Result<(), WiringError> {
         serde_json::to_string_pretty(&report).unwrap_or_default()
     );
     Ok(())
+}
+
+/// The broker's last sequence against the highest one it acknowledged to the relay: below it, the
+/// broker lost acknowledged messages (it acknowledged before an fsync and crashed, or the stream
+/// was recreated), and consumers miss events until a replay. Part of `status`.
+///
+/// # Errors
+/// [`WiringError`] when NATS cannot be reached.
+pub async fn broker_status(
+    config: &edupulse_nats::NatsConfig,
+    checkpoint: &edupulse_ports::Checkpoint,
+) -> Result<serde_json::Value, WiringError> {
+    let client = edupulse_nats::connect(config).await?;
+    let js = edupulse_nats::jetstream_context(client, config);
+    let state = match js.get_stream(&config.stream_name).await {
+        Ok(mut stream) => stream.info().await.map(|info| info.state.clone()).ok(),
+        Err(_) => None,
+    };
+    let Some(state) = state else {
+        return Ok(json!({
+            "stream": config.stream_name,
+            "error": "the stream cannot be read (missing, or no leader)",
+        }));
+    };
+    let acknowledged = checkpoint.broker_sequence;
+    let went_back = state.last_sequence < acknowledged;
+    Ok(json!({
+        "stream": config.stream_name,
+        "last_sequence": state.last_sequence,
+        "messages": state.messages,
+        "highest_sequence_acknowledged_to_the_relay": acknowledged,
+        "went_back_in_time": went_back,
+        "advice": went_back.then(|| format!(
+            "the broker holds up to sequence {} but had acknowledged {acknowledged}: it lost \
+             acknowledged events (run it with sync_interval: always). Re-publish what it lacks: \
+             edupulse-events replay --from 1 --to {} (stores only missing events, in order)",
+            state.last_sequence, checkpoint.cursor.position
+        )),
+    }))
 }
 
 fn parked_json(p: &ParkedEvent) -> serde_json::Value {

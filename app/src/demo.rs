@@ -6,7 +6,7 @@
 //! exactly once and in per-stream order, and prints a summary.
 
 use crate::cli::DemoArgs;
-use crate::docker::LocalServers;
+use crate::docker::{BrokerSync, LocalServers};
 use crate::relay::RelayConfig;
 use crate::stats::{LatencyHistogram, ms};
 use crate::wiring::{Backbone, WiringError, spawn_relay};
@@ -91,7 +91,8 @@ pub async fn run(args: &DemoArgs) -> Result<DemoReport, DemoError> {
         (Some(_), false) => None,
         _ => {
             eprintln!("starting PostgreSQL and NATS in Docker (images built if missing)…");
-            let servers = LocalServers::start().await?;
+            // Acknowledged means fsynced, as the README asks of production.
+            let servers = LocalServers::start(BrokerSync::Always).await?;
             eprintln!("servers ready in {:.1} s", servers.startup.as_secs_f64());
             Some(servers)
         }

@@ -45,6 +45,66 @@ pub enum DockerError {
     },
 }
 
+/// When JetStream makes a write durable before acknowledging it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerSync {
+    /// `sync_interval: always`: every write is fsynced before its acknowledgement, so an
+    /// acknowledged event survives a power failure (what the README asks of production).
+    Always,
+    /// nats-server's default: fsync every two minutes; an acknowledgement means "in the page
+    /// cache". For measuring what `Always` costs.
+    ServerDefault,
+}
+
+/// A NATS server in Docker; removed on drop.
+pub struct LocalNats {
+    container: ContainerAsync<GenericImage>,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl LocalNats {
+    /// Starts a NATS server with JetStream on a volume, syncing as `sync` says. The images must
+    /// be built ([`LocalServers::start`] builds them).
+    ///
+    /// # Errors
+    /// [`DockerError::Start`].
+    pub async fn start(sync: BrokerSync) -> Result<Self, DockerError> {
+        let container = nats_image(sync)
+            .start()
+            .await
+            .map_err(|source| DockerError::Start {
+                what: "NATS",
+                source,
+            })?;
+        let port = host_port(&container, 4222, "NATS").await?;
+        Ok(Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            container,
+        })
+    }
+
+    /// The container id, for CPU sampling.
+    pub fn id(&self) -> String {
+        self.container.id().to_owned()
+    }
+}
+
+fn nats_image(sync: BrokerSync) -> testcontainers::ContainerRequest<GenericImage> {
+    let mut args = Vec::new();
+    if sync == BrokerSync::Always {
+        args.extend(["-c", DURABLE_NATS_CONFIG]);
+    }
+    args.extend(["-js", "-sd", "/data", "-p", "4222"]);
+    GenericImage::new(NATS_IMAGE.0, NATS_IMAGE.1)
+        .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
+        .with_exposed_port(4222.tcp())
+        .with_cmd(args)
+        .with_label("edupulse-demo", "1")
+        .with_host_config_modifier(|hc| on_volume(hc, "/data"))
+        .with_startup_timeout(Duration::from_secs(60))
+}
+
 /// PostgreSQL and NATS running in Docker; removed on drop.
 pub struct LocalServers {
     postgres: ContainerAsync<GenericImage>,
@@ -58,11 +118,12 @@ pub struct LocalServers {
 }
 
 impl LocalServers {
-    /// Builds the images if needed and starts both servers, published on 127.0.0.1.
+    /// Builds the images if needed and starts both servers, published on 127.0.0.1, NATS
+    /// syncing as `sync` says.
     ///
     /// # Errors
     /// [`DockerError`].
-    pub async fn start() -> Result<Self, DockerError> {
+    pub async fn start(sync: BrokerSync) -> Result<Self, DockerError> {
         let started = Instant::now();
         build_images().await?;
         let postgres = GenericImage::new(PG_IMAGE.0, PG_IMAGE.1)
@@ -88,22 +149,7 @@ impl LocalServers {
             .with_label("edupulse-demo", "1")
             .with_host_config_modifier(|hc| on_volume(hc, "/var/lib/postgresql/data"))
             .with_startup_timeout(Duration::from_secs(90));
-        let nats = GenericImage::new(NATS_IMAGE.0, NATS_IMAGE.1)
-            .with_wait_for(WaitFor::message_on_stderr("Server is ready"))
-            .with_exposed_port(4222.tcp())
-            // Acknowledged means fsynced (see the README's guarantees).
-            .with_cmd([
-                "-c",
-                DURABLE_NATS_CONFIG,
-                "-js",
-                "-sd",
-                "/data",
-                "-p",
-                "4222",
-            ])
-            .with_label("edupulse-demo", "1")
-            .with_host_config_modifier(|hc| on_volume(hc, "/data"))
-            .with_startup_timeout(Duration::from_secs(60));
+        let nats = nats_image(sync);
         let (postgres, nats) = tokio::join!(postgres.start(), nats.start());
         let postgres = postgres.map_err(|source| DockerError::Start {
             what: "PostgreSQL",

@@ -67,7 +67,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => commands::tail(&nats, &durable, event_type.as_deref(), max)
             .await
             .context("tail")?,
-        Command::Status { pg, name } => commands::status(&pg, &name).await.context("status")?,
+        Command::Status { pg, nats, name } => commands::status(&pg, &nats, &name)
+            .await
+            .context("status")?,
         Command::Parked { pg, name } => commands::parked(&pg, &name).await.context("parked")?,
         Command::Release {
             pg,

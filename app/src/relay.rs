@@ -129,6 +129,8 @@ pub struct RelayStats {
     pub held: AtomicU64,
     /// Why publishing is blocked for every stream (the broker refuses the whole stream), if it is.
     pub blocked: std::sync::Mutex<Option<String>>,
+    /// The highest broker sequence acknowledged (saved with each checkpoint).
+    pub broker_sequence: AtomicU64,
     /// Global position of the last checkpoint saved.
     pub checkpoint_position: AtomicU64,
     /// Global position of the store's tip at the last check.
@@ -518,7 +520,13 @@ impl Relay {
     async fn save_checkpoint(&self, cursor: Cursor) {
         // A failed save is not fatal: the next save covers it, and a crash before then only
         // means re-publishing events the broker will deduplicate.
-        match self.ports.checkpoints.save(&self.config.name, cursor).await {
+        let broker_sequence = self.stats.broker_sequence.load(Ordering::Relaxed);
+        match self
+            .ports
+            .checkpoints
+            .save(&self.config.name, cursor, broker_sequence)
+            .await
+        {
             Ok(()) => {
                 self.stats
                     .checkpoint_position
@@ -595,7 +603,12 @@ impl Relay {
                 for (event, result) in pending.iter().zip(&results) {
                     match result {
                         _ if given_up.contains(&event.stream_id) => self.held_back(1),
-                        Ok(ack) => self.acked(event, ack.duplicate),
+                        Ok(ack) => {
+                            self.stats
+                                .broker_sequence
+                                .fetch_max(ack.sequence, Ordering::Relaxed);
+                            self.acked(event, ack.duplicate);
+                        }
                         Err(e) if e.is_permanent() => {
                             given_up.insert(event.stream_id);
                             // Without a parking lot (replay, releases) the caller reports

@@ -8,6 +8,9 @@ use edupulse_domain::{EventId, StreamId};
 pub struct Checkpoint {
     /// Every event at or before this cursor is done.
     pub cursor: Cursor,
+    /// The highest broker sequence acknowledged when it was saved (0: unknown). A broker whose
+    /// last sequence is below it lost messages it had acknowledged.
+    pub broker_sequence: u64,
     /// When it was last saved.
     pub updated_at: DateTime<Utc>,
 }
@@ -83,7 +86,14 @@ pub trait CheckpointStore: Send + Sync {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
-    async fn save(&self, name: &str, cursor: Cursor) -> Result<(), StoreError>;
+    /// `broker_sequence` is the highest broker sequence acknowledged so far; it never moves
+    /// backwards either.
+    async fn save(
+        &self,
+        name: &str,
+        cursor: Cursor,
+        broker_sequence: u64,
+    ) -> Result<(), StoreError>;
 
     /// Records that follower `name` gave up on `event` (for example the broker refused it for
     /// good), with the reason. Recording the same event twice keeps one record.

@@ -434,7 +434,7 @@ pub async fn checkpoints<S: CheckpointStore + EventStore + ?Sized>(store: &S) {
         commit: 10,
         position: 7,
     };
-    store.save(&name, c1).await.expect("save");
+    store.save(&name, c1, 5).await.expect("save");
     assert_eq!(
         store
             .load(&name)
@@ -448,21 +448,18 @@ pub async fn checkpoints<S: CheckpointStore + EventStore + ?Sized>(store: &S) {
         commit: 9,
         position: 8,
     };
-    store.save(&name, c0).await.expect("save lower");
+    store.save(&name, c0, 3).await.expect("save lower");
+    let kept = store.load(&name).await.expect("load").expect("saved");
     assert_eq!(
-        store
-            .load(&name)
-            .await
-            .expect("load")
-            .expect("saved")
-            .cursor,
-        c1
+        (kept.cursor, kept.broker_sequence),
+        (c1, 5),
+        "neither the cursor nor the broker sequence moves backwards"
     );
     let c2 = Cursor {
         commit: 10,
         position: 9,
     };
-    store.save(&name, c2).await.expect("save");
+    store.save(&name, c2, 9).await.expect("save");
     assert_eq!(
         store
             .load(&name)

@@ -281,16 +281,23 @@ impl CheckpointStore for InMemoryEventStore {
         Ok(self.state()?.checkpoints.get(name).cloned())
     }
 
-    async fn save(&self, name: &str, cursor: Cursor) -> Result<(), StoreError> {
+    async fn save(
+        &self,
+        name: &str,
+        cursor: Cursor,
+        broker_sequence: u64,
+    ) -> Result<(), StoreError> {
         let mut state = self.state()?;
         let entry = state
             .checkpoints
             .entry(name.to_owned())
             .or_insert(Checkpoint {
                 cursor,
+                broker_sequence,
                 updated_at: Utc::now(),
             });
         entry.cursor = entry.cursor.max(cursor);
+        entry.broker_sequence = entry.broker_sequence.max(broker_sequence);
         entry.updated_at = Utc::now();
         Ok(())
     }

@@ -176,7 +176,7 @@ pub(crate) struct CatchUpSetup<'a> {
 pub(crate) async fn run(setup: CatchUpSetup<'_>) -> Result<CatchUp, BenchError> {
     let store = &setup.backbone.store;
     let start = tip(setup.raw_pool).await?;
-    store.save(&setup.name, start).await?;
+    store.save(&setup.name, start, 0).await?;
     let seeded = seed_backlog(setup.raw_pool, setup.template, setup.backlog).await?;
     let end = tip(setup.raw_pool).await?;
 

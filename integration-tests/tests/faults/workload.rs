@@ -414,6 +414,11 @@ impl Run {
         .await;
     }
 
+    /// Stops the run's consumer (for a test that takes the stream away from under it).
+    pub(crate) fn stop_consumer(&self) {
+        self.collector.stop.store(true, Ordering::SeqCst);
+    }
+
     /// Starts writers with `workload`.
     pub(crate) fn writers(&self, workload: Workload) -> Writers {
         spawn_writers(

@@ -118,6 +118,7 @@ async fn the_application_role_may_only_read_and_append() {
                 commit: 2,
                 position: 2,
             },
+            0,
         )
         .await
         .expect("save");

@@ -209,8 +209,13 @@ impl CheckpointStore for Isolated {
         self.store.load(name).await
     }
 
-    async fn save(&self, name: &str, cursor: Cursor) -> Result<(), StoreError> {
-        self.store.save(name, cursor).await
+    async fn save(
+        &self,
+        name: &str,
+        cursor: Cursor,
+        broker_sequence: u64,
+    ) -> Result<(), StoreError> {
+        self.store.save(name, cursor, broker_sequence).await
     }
 
     async fn record_dead_letter(
