@@ -1,11 +1,16 @@
 //! The relay: publishes every committed event to the broker, from a named checkpoint.
 //!
 //! The events table is the outbox. The relay follows the store's commit-safe order
-//! ([`edupulse_ports::EventReader::read_all`]), publishes in batches, and saves its checkpoint only after every
-//! event up to it is acknowledged (or dead-lettered). A crash anywhere loses nothing: the next
-//! relay resumes from the last saved checkpoint and re-publishes what was acknowledged since
-//! (at most `checkpoint_interval` of publishing, plus the batch in flight), which the broker
-//! deduplicates by event id.
+//! ([`edupulse_ports::EventReader::follow`]), publishes in batches, and saves its checkpoint only
+//! after every event up to it is acknowledged (or parked, see below). A crash anywhere loses
+//! nothing: the next relay resumes from the last saved checkpoint and re-publishes what was
+//! acknowledged since (at most `checkpoint_interval` of publishing, plus the batch in flight).
+//! The publisher's fence makes the broker refuse those second copies however long the relay was
+//! down, and the relay counts them as duplicates.
+//!
+//! Module map: this file holds the configuration, the statistics and the active loop (lease,
+//! read-ahead, checkpoint saver, publishing with retries); `relay/parking.rs` the parked streams;
+//! `relay/replay.rs` re-publishing a range ([`Relay::replay`]).
 //!
 //! # Behaviour
 //! - **One active relay per checkpoint name**, by a lease ([`LeaseProvider`]). Others wait as
@@ -24,13 +29,15 @@
 //!   (for the lag metric) is read at most once a second when idle. A hint that reads nothing
 //!   (its events held back behind an older open transaction) is followed by quick re-reads.
 //! - **Broker failures** are retried forever with exponential backoff and jitter (never giving up
-//!   silently), capped at `backoff_max`, which must stay well below the broker's duplicate window
-//!   so that a retry of an ambiguous publish is still deduplicated. Lag is exported as a metric
-//!   and logged.
-//! - **Poison events.** An event the broker refuses for good ([`PublishError::is_permanent`]: too
-//!   large, invalid subject) is recorded with [`CheckpointStore::record_dead_letter`], counted,
-//!   logged at error level, and the relay moves on. The store refuses oversized events before
-//!   commit, so in practice this is a broker configured below the store's limit.
+//!   silently), capped at `backoff_max`. A retry of an ambiguous publish never stores a second
+//!   copy (the publisher's fence). Lag is exported as a metric and logged. A refusal of the whole
+//!   broker stream ([`PublishError::Misconfigured`]: sealed, deleted) is retried the same way and
+//!   reported by [`RelayStats::blocked_reason`] (and `/readyz`); no event is parked for it.
+//! - **Poison events park their own stream.** A row that cannot be decoded, or an event the broker
+//!   refuses for good ([`PublishError::is_permanent`]: too large for the broker), is recorded with
+//!   its bytes and reason ([`CheckpointStore::park`]); the later events of its stream are held
+//!   back, every other stream keeps flowing, and an operator releases the stream (see
+//!   `relay/parking.rs`).
 //! - **Graceful shutdown**: on cancellation the relay stops reading, lets in-flight publishes
 //!   finish and be acknowledged, saves the checkpoint and returns.
 
