@@ -74,8 +74,20 @@ fn describe() {
         "Publish rounds retried after a failure."
     );
     describe_counter!(
-        "edupulse_relay_dead_letters_total",
-        "Events refused for good by the broker and recorded as dead letters."
+        "edupulse_relay_parked_total",
+        "Streams parked: an event could not be decoded or the broker refused it for good."
+    );
+    describe_counter!(
+        "edupulse_relay_held_total",
+        "Events held back behind a parked event of their stream."
+    );
+    describe_gauge!(
+        "edupulse_relay_parked_streams",
+        "Streams parked now (see `edupulse-events parked`)."
+    );
+    describe_gauge!(
+        "edupulse_relay_blocked",
+        "1 while the broker refuses the whole stream (sealed, deleted): nothing is published."
     );
     describe_counter!(
         "edupulse_relay_store_errors_total",
