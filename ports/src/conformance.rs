@@ -1,4 +1,5 @@
-//! The behaviour every [`EventStore`] and [`CheckpointStore`] must have, as runnable checks.
+//! The behaviour every [`EventStore`], [`CheckpointStore`] and [`EventPublisher`] must have, as
+//! runnable checks.
 //!
 //! An adapter's test suite instantiates the kit with a factory for a fresh, empty store; each
 //! check becomes its own test, so failures are named and the checks run in parallel:
@@ -6,11 +7,16 @@
 //! ```ignore
 //! edupulse_ports::event_store_conformance!(my_adapter::fresh_store().await);
 //! edupulse_ports::checkpoint_conformance!(my_adapter::fresh_store().await);
+//! // Two publishers over one fresh, empty broker stream.
+//! edupulse_ports::publisher_conformance!(my_adapter::fresh_publishers().await);
 //! ```
 //!
-//! The in-memory store and the PostgreSQL store run the same kit.
+//! The in-memory fakes and the real adapters (PostgreSQL, NATS) run the same kits.
 
-use crate::{CheckpointStore, Cursor, EventStore, RecordedEvent, StoreError};
+use crate::{
+    CheckpointStore, Cursor, EventPublisher, EventStore, ParkedEvent, PublishError, RecordedEvent,
+    Release, StoreError,
+};
 use edupulse_domain::{
     BadgeAwarded, DEFAULT_MAX_EVENT_BYTES, EventEnvelope, EventId, ExpectedVersion,
     LessonPublished, LessonTitle, Metadata, StreamId, Uuid,
@@ -497,6 +503,219 @@ pub async fn checkpoints<S: CheckpointStore + EventStore + ?Sized>(store: &S) {
     assert_eq!(store.dead_letter_count(&name).await.expect("count"), 1);
 }
 
+/// Parked streams: the first parked event of a stream stays; a release is requested once per
+/// stream and a failed release (parking again) clears it with the new reason; unparking forgets.
+pub async fn parked_streams<S: CheckpointStore + ?Sized>(store: &S) {
+    let name = format!("conformance-{}", Uuid::new_v4());
+    let parked = |stream: StreamId, version: u64, reason: &str| ParkedEvent {
+        stream_id: stream,
+        stream_version: version,
+        event_id: EventId::new(),
+        cursor: Cursor {
+            commit: version,
+            position: version,
+        },
+        reason: reason.to_owned(),
+        raw: "{\"metadata\":{},\"payload\":[[[]]]}".to_owned(),
+        parked_at: chrono::Utc::now(),
+        release: None,
+    };
+    let (a, b) = (StreamId::new(), StreamId::new());
+    assert!(store.parked(&name).await.expect("list").is_empty());
+    assert!(
+        !store
+            .request_release(&name, a, Release::Retry)
+            .await
+            .expect("release of a stream not parked")
+    );
+    let first = parked(a, 3, "cannot be decoded");
+    store.park(&name, &first).await.expect("park");
+    store
+        .park(&name, &parked(a, 5, "later event"))
+        .await
+        .expect("park again");
+    store
+        .park(&name, &parked(b, 1, "too large"))
+        .await
+        .expect("park");
+    let list = store.parked(&name).await.expect("list");
+    assert_eq!(list.len(), 2);
+    let of_a = list.iter().find(|p| p.stream_id == a).expect("a parked");
+    assert_eq!(
+        (of_a.event_id, of_a.stream_version, of_a.reason.as_str()),
+        (first.event_id, 3, "cannot be decoded"),
+        "the first parked event of a stream stays"
+    );
+    assert_eq!(of_a.raw, first.raw, "the stored bytes are kept as given");
+    assert!(
+        store
+            .request_release(&name, a, Release::Skip)
+            .await
+            .expect("release")
+    );
+    let requested = store.parked(&name).await.expect("list");
+    let of_a = requested
+        .iter()
+        .find(|p| p.stream_id == a)
+        .expect("a parked");
+    assert_eq!(of_a.release, Some(Release::Skip));
+    // The release failed: parked again with the new reason, the request cleared.
+    store
+        .park(&name, &parked(a, 3, "release failed: still refused"))
+        .await
+        .expect("park after a failed release");
+    let again = store.parked(&name).await.expect("list");
+    let of_a = again.iter().find(|p| p.stream_id == a).expect("a parked");
+    assert_eq!(
+        (of_a.release, of_a.reason.as_str(), of_a.event_id),
+        (None, "release failed: still refused", first.event_id)
+    );
+    store.unpark(&name, a).await.expect("unpark");
+    let left: Vec<StreamId> = store
+        .parked(&name)
+        .await
+        .expect("list")
+        .iter()
+        .map(|p| p.stream_id)
+        .collect();
+    assert_eq!(left, vec![b]);
+}
+
+/// An event as a store would hand it to a publisher: `version` of its stream, at `position`.
+pub fn recorded(envelope: EventEnvelope, version: u64, position: u64) -> RecordedEvent {
+    RecordedEvent {
+        stream_id: envelope.stream_id(),
+        envelope,
+        stream_version: version,
+        cursor: Cursor {
+            commit: position,
+            position,
+        },
+        recorded_at: chrono::Utc::now(),
+    }
+}
+
+/// `streams` streams of `versions` events each, interleaved as a store's commit order would.
+fn publishable(streams: usize, versions: u64) -> Vec<RecordedEvent> {
+    let ids: Vec<StreamId> = (0..streams).map(|_| StreamId::new()).collect();
+    let mut events = Vec::new();
+    for version in 1..=versions {
+        for stream in &ids {
+            let position = events.len() as u64 + 1;
+            events.push(recorded(sample_event(*stream), version, position));
+        }
+    }
+    events
+}
+
+/// An event of `stream` whose type cannot name it on any wire (not an identifier): every
+/// publisher refuses it for good.
+fn uncarriable(stream: StreamId) -> EventEnvelope {
+    let json = serde_json::json!({
+        "id": Uuid::new_v4(), "aggregate_id": stream, "occurred_at": "2024-01-01T00:00:00Z",
+        "version": 1, "metadata": {}, "event": {"type": "lesson.deleted", "payload": {}}
+    });
+    EventEnvelope::decode(json.to_string().as_bytes()).expect("a valid envelope")
+}
+
+/// [`EventPublisher`]: every event is stored once, whoever publishes it and however often.
+///
+/// `a` and `b` publish to the same, empty broker stream, as two processes would (a relay and
+/// its successor, or a relay and a replay): `b` knows nothing of what `a` did. Publishing again
+/// reports every event as a duplicate with its original sequence, and the broker's last version
+/// of each stream is the last one published.
+pub async fn each_event_once_whoever_publishes_it<P: EventPublisher + ?Sized>(a: &P, b: &P) {
+    let events = publishable(3, 4);
+    let first = a.publish(&events).await;
+    assert_eq!(first.len(), events.len(), "one result per event");
+    let sequences: Vec<u64> = first
+        .iter()
+        .map(|r| {
+            let ack = r.as_ref().expect("published");
+            assert!(!ack.duplicate, "a first publish stores");
+            ack.sequence
+        })
+        .collect();
+    let distinct: HashSet<u64> = sequences.iter().copied().collect();
+    assert_eq!(distinct.len(), events.len(), "one sequence per event");
+    for (publisher, who) in [(a, "the same publisher"), (b, "another publisher")] {
+        let again = publisher.publish(&events).await;
+        for ((result, sequence), event) in again.iter().zip(&sequences).zip(&events) {
+            let ack = result.as_ref().expect("published again");
+            assert!(
+                ack.duplicate,
+                "{who}: event {} stored twice",
+                event.envelope.id
+            );
+            assert_eq!(
+                ack.sequence, *sequence,
+                "{who}: a duplicate has its original's sequence"
+            );
+        }
+    }
+    for stream in events.iter().map(|e| e.stream_id).collect::<HashSet<_>>() {
+        assert_eq!(b.last_version(stream).await.expect("last version"), Some(4));
+    }
+    assert_eq!(
+        a.last_version(StreamId::new()).await.expect("last version"),
+        None
+    );
+}
+
+/// [`EventPublisher`]: an event refused for good stops only its own stream. The later events of
+/// its stream are [`PublishError::NotAttempted`] (storing them would break the stream's order),
+/// every other stream is stored.
+pub async fn a_refused_event_stops_only_its_stream<P: EventPublisher + ?Sized>(publisher: &P) {
+    let (bad, good) = (StreamId::new(), StreamId::new());
+    let events = vec![
+        recorded(sample_event(bad), 1, 1),
+        recorded(sample_event(good), 1, 2),
+        recorded(uncarriable(bad), 2, 3),
+        recorded(sample_event(good), 2, 4),
+        recorded(sample_event(bad), 3, 5),
+        recorded(sample_event(good), 3, 6),
+    ];
+    let results = publisher.publish(&events).await;
+    assert!(results[0].is_ok() && results[1].is_ok());
+    assert!(
+        results[2].as_ref().is_err_and(PublishError::is_permanent),
+        "refused for good: {:?}",
+        results[2]
+    );
+    assert!(results[3].is_ok());
+    assert!(
+        matches!(results[4], Err(PublishError::NotAttempted)),
+        "after a refusal in its stream: {:?}",
+        results[4]
+    );
+    assert!(results[5].is_ok());
+    assert_eq!(publisher.last_version(bad).await.expect("last"), Some(1));
+    assert_eq!(publisher.last_version(good).await.expect("last"), Some(3));
+}
+
+/// Instantiates the [`EventPublisher`] checks, each a `#[tokio::test]`. The argument is an
+/// expression (it may `.await`) giving two publishers over one fresh, empty broker stream.
+#[macro_export]
+macro_rules! publisher_conformance {
+    ($pair:expr) => {
+        mod publisher_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn each_event_once_whoever_publishes_it() {
+                let (a, b) = $pair;
+                $crate::conformance::each_event_once_whoever_publishes_it(&a, &b).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_refused_event_stops_only_its_stream() {
+                let (a, _) = $pair;
+                $crate::conformance::a_refused_event_stops_only_its_stream(&a).await;
+            }
+        }
+    };
+}
+
 /// Instantiates every [`EventStore`] check as its own `#[tokio::test]`. The argument is an
 /// expression (it may `.await`) giving a fresh store for each test.
 #[macro_export]
@@ -553,6 +772,10 @@ macro_rules! checkpoint_conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn checkpoints() {
                 $crate::conformance::checkpoints(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn parked_streams() {
+                $crate::conformance::parked_streams(&$factory).await;
             }
         }
     };

@@ -474,7 +474,8 @@ pub enum BrokerFault {
 #[derive(Default)]
 struct BrokerState {
     messages: Vec<RecordedEvent>,
-    ids: HashSet<EventId>,
+    /// Each stored event's sequence (its place in `messages`, from 1).
+    ids: HashMap<EventId, u64>,
     faults: VecDeque<BrokerFault>,
     reject_ids: HashSet<EventId>,
     down: bool,
@@ -608,17 +609,27 @@ fn publish_one(state: &mut BrokerState, event: &RecordedEvent) -> PublishResult 
             reason: "rejected by test".into(),
         });
     }
-    let store = |state: &mut BrokerState| {
-        if state.ids.insert(event.envelope.id) {
+    // As a real broker: an event type that cannot name it on the wire is refused for good.
+    if event.envelope.check_storable().is_err() {
+        return Err(PublishError::Rejected {
+            reason: format!(
+                "event type {:?} cannot be carried",
+                event.envelope.event_type()
+            ),
+        });
+    }
+    let store = |state: &mut BrokerState| match state.ids.get(&event.envelope.id) {
+        Some(&sequence) => PublishAck {
+            duplicate: true,
+            sequence,
+        },
+        None => {
             state.messages.push(event.clone());
+            let sequence = state.messages.len() as u64;
+            state.ids.insert(event.envelope.id, sequence);
             PublishAck {
                 duplicate: false,
-                sequence: state.messages.len() as u64,
-            }
-        } else {
-            PublishAck {
-                duplicate: true,
-                sequence: state.messages.len() as u64,
+                sequence,
             }
         }
     };
@@ -717,6 +728,10 @@ mod tests {
 
     crate::event_store_conformance!(InMemoryEventStore::new());
     crate::checkpoint_conformance!(InMemoryEventStore::new());
+    crate::publisher_conformance!({
+        let broker = InMemoryBroker::new();
+        (broker.clone(), broker)
+    });
 
     fn badge(stream: StreamId) -> EventEnvelope {
         EventEnvelope::new(BadgeAwarded {

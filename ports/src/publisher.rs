@@ -8,7 +8,9 @@ pub struct PublishAck {
     /// The broker already had this event (same id within its deduplication window): nothing new
     /// was stored.
     pub duplicate: bool,
-    /// The broker's sequence number of the stored message.
+    /// The broker's sequence number of the stored message. For a duplicate recognised after the
+    /// broker's own duplicate window it is the best known: a later message of the same aggregate,
+    /// or 0 when none is known (finding the original's would need a scan of the stream).
     pub sequence: u64,
 }
 

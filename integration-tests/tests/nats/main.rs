@@ -13,3 +13,5 @@ mod provisioning;
 mod publish;
 mod support;
 mod throughput;
+
+edupulse_ports::publisher_conformance!(crate::support::fresh_publishers().await);

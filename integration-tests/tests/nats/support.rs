@@ -27,6 +27,16 @@ pub(crate) fn config(servers: Vec<String>, what: &str) -> NatsConfig {
     config
 }
 
+/// Two publishers, each with a connection of its own (two processes), over one fresh stream of
+/// the shared server: what the publisher conformance kit needs.
+pub(crate) async fn fresh_publishers() -> (NatsPublisher, NatsPublisher) {
+    let nats = edupulse_integration_tests::shared_nats().await;
+    let config = config(vec![nats.url()], "kit");
+    let (_, a) = setup(&config).await;
+    let (_, b) = setup(&config).await;
+    (a, b)
+}
+
 /// Connects and provisions (retrying while JetStream is not ready, as in a fresh cluster).
 pub(crate) async fn setup(config: &NatsConfig) -> (async_nats::Client, NatsPublisher) {
     let client = connect(config).await.expect("connect");
