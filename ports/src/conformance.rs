@@ -1,5 +1,5 @@
-//! The behaviour every [`EventStore`], [`CheckpointStore`] and [`EventPublisher`] must have, as
-//! runnable checks.
+//! The behaviour every [`EventStore`], [`CheckpointStore`], [`EventPublisher`] and
+//! [`LeaseProvider`] must have, as runnable checks.
 //!
 //! An adapter's test suite instantiates the kit with a factory for a fresh, empty store; each
 //! check becomes its own test, so failures are named and the checks run in parallel:
@@ -9,13 +9,14 @@
 //! edupulse_ports::checkpoint_conformance!(my_adapter::fresh_store().await);
 //! // Two publishers over one fresh, empty broker stream.
 //! edupulse_ports::publisher_conformance!(my_adapter::fresh_publishers().await);
+//! edupulse_ports::lease_conformance!(my_adapter::fresh_store().await);
 //! ```
 //!
 //! The in-memory fakes and the real adapters (PostgreSQL, NATS) run the same kits.
 
 use crate::{
-    CheckpointStore, Cursor, EventPublisher, EventStore, ParkedEvent, PublishError, RecordedEvent,
-    Release, StoreError,
+    CheckpointStore, Cursor, EventPublisher, EventStore, LeaseProvider, ParkedEvent, PublishError,
+    RecordedEvent, Release, StoreError,
 };
 use edupulse_domain::{
     BadgeAwarded, DEFAULT_MAX_EVENT_BYTES, EventEnvelope, EventId, ExpectedVersion,
@@ -711,6 +712,103 @@ macro_rules! publisher_conformance {
             async fn a_refused_event_stops_only_its_stream() {
                 let (a, _) = $pair;
                 $crate::conformance::a_refused_event_stops_only_its_stream(&a).await;
+            }
+        }
+    };
+}
+
+/// [`LeaseProvider`]: one holder at a time, shown by `holder`; a dropped lease can be taken
+/// again (at once or once it expired) with a greater epoch; names are independent.
+pub async fn one_holder_at_a_time<L: LeaseProvider + ?Sized>(leases: &L) {
+    let name = format!("conformance-{}", Uuid::new_v4());
+    let first = leases
+        .try_acquire(&name, "first")
+        .await
+        .expect("try")
+        .expect("a free lease is taken");
+    assert!(first.is_held());
+    assert!(
+        leases
+            .try_acquire(&name, "second")
+            .await
+            .expect("try")
+            .is_none(),
+        "a held lease is not taken"
+    );
+    assert_eq!(
+        leases.holder(&name).await.expect("holder").as_deref(),
+        Some("first")
+    );
+    let other = format!("{name}-other");
+    assert!(
+        leases
+            .try_acquire(&other, "third")
+            .await
+            .expect("try")
+            .is_some(),
+        "names are independent"
+    );
+    let first_epoch = first.epoch();
+    drop(first);
+    // Released on drop, or at worst expired: within a generous bound either way.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let second = loop {
+        if let Some(lease) = leases.try_acquire(&name, "second").await.expect("try") {
+            break lease;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a dropped lease is never free again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        second.epoch() > first_epoch,
+        "a takeover has a greater epoch"
+    );
+    assert_eq!(
+        leases.holder(&name).await.expect("holder").as_deref(),
+        Some("second")
+    );
+}
+
+/// [`LeaseProvider`]: of many concurrent takers of a free lease, exactly one wins.
+pub async fn one_winner_among_concurrent_takers<L: LeaseProvider + 'static>(leases: Arc<L>) {
+    let name = format!("conformance-{}", Uuid::new_v4());
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let (leases, name) = (leases.clone(), name.clone());
+            tokio::spawn(async move { leases.try_acquire(&name, &format!("taker {i}")).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for taker in takers {
+        if let Some(lease) = taker.await.expect("taker").expect("try") {
+            won.push(lease);
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one taker holds the lease");
+}
+
+/// Instantiates the [`LeaseProvider`] checks, each a `#[tokio::test]`. The argument is an
+/// expression (it may `.await`) giving a lease provider.
+#[macro_export]
+macro_rules! lease_conformance {
+    ($factory:expr) => {
+        mod lease_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_holder_at_a_time() {
+                $crate::conformance::one_holder_at_a_time(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn one_winner_among_concurrent_takers() {
+                $crate::conformance::one_winner_among_concurrent_takers(::std::sync::Arc::new(
+                    $factory,
+                ))
+                .await;
             }
         }
     };

@@ -21,6 +21,9 @@ use support::Isolated;
 // The default configuration: appends go through group commit.
 edupulse_ports::event_store_conformance!(Isolated::start(true).await);
 edupulse_ports::checkpoint_conformance!(Isolated::start(true).await);
+edupulse_ports::lease_conformance!(
+    support::store_on(&edupulse_integration_tests::fresh_database().await).await
+);
 
 /// The same kit with group commit off: every append is its own statement.
 mod direct {
