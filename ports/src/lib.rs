@@ -32,6 +32,26 @@
 //!   (`memory`) and the `conformance` kit any store adapter must pass; `mocks` brings mockall
 //!   mocks for the rare interaction check.
 
+//! # Writing your own adapter
+//!
+//! An adapter implements one or more traits and proves it with the conformance kits (feature
+//! `test-util`, module `conformance`): each kit is a macro that expands
+//! into one named `#[tokio::test]` per contract check, given an expression that builds a fresh
+//! instance. Put it in the adapter's integration tests, against the real backend:
+//!
+//! ```ignore
+//! // tests/conformance.rs of a team's own store, publisher or lease provider
+//! edupulse_ports::event_store_conformance!(my_store::fresh().await);
+//! edupulse_ports::checkpoint_conformance!(my_store::fresh().await);
+//! edupulse_ports::lease_conformance!(my_store::fresh().await);
+//! // two publishers (two processes) over one fresh, empty broker stream
+//! edupulse_ports::publisher_conformance!(my_broker::two_fresh_publishers().await);
+//! ```
+//!
+//! The in-memory fakes of `memory` and the PostgreSQL and NATS adapters run
+//! the same kits, so a team's adapter that passes them can replace one of ours without
+//! touching the other adapters or the core.
+
 mod checkpoint;
 pub mod consumer;
 mod error;
