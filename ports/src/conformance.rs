@@ -1,5 +1,5 @@
-//! The behaviour every [`EventStore`], [`CheckpointStore`], [`EventPublisher`] and
-//! [`LeaseProvider`] must have, as runnable checks.
+//! The behaviour every [`EventStore`], [`CheckpointStore`], [`EventPublisher`],
+//! [`LeaseProvider`] and [`CommitHints`] must have, as runnable checks.
 //!
 //! An adapter's test suite instantiates the kit with a factory for a fresh, empty store; each
 //! check becomes its own test, so failures are named and the checks run in parallel:
@@ -10,13 +10,14 @@
 //! // Two publishers over one fresh, empty broker stream.
 //! edupulse_ports::publisher_conformance!(my_adapter::fresh_publishers().await);
 //! edupulse_ports::lease_conformance!(my_adapter::fresh_store().await);
+//! edupulse_ports::hints_conformance!(my_adapter::fresh_store().await);
 //! ```
 //!
 //! The in-memory fakes and the real adapters (PostgreSQL, NATS) run the same kits.
 
 use crate::{
-    CheckpointStore, Cursor, EventPublisher, EventStore, LeaseProvider, ParkedEvent, PublishError,
-    RecordedEvent, Release, StoreError,
+    CheckpointStore, CommitHints, Cursor, EventPublisher, EventStore, LeaseProvider, ParkedEvent,
+    PublishError, RecordedEvent, Release, StoreError,
 };
 use edupulse_domain::{
     BadgeAwarded, DEFAULT_MAX_EVENT_BYTES, EventEnvelope, EventId, ExpectedVersion,
@@ -788,6 +789,43 @@ pub async fn one_winner_among_concurrent_takers<L: LeaseProvider + 'static>(leas
         }
     }
     assert_eq!(won.len(), 1, "exactly one taker holds the lease");
+}
+
+/// [`CommitHints`]: a subscriber hears about a commit soon after it (hints are lossy and carry
+/// nothing, but a commit is never followed by silence).
+pub async fn a_hint_follows_a_commit<S: CommitHints + EventStore + ?Sized>(store: &S) {
+    use futures::StreamExt;
+    let mut hints = store.subscribe().await.expect("subscribe");
+    let stream = StreamId::new();
+    store
+        .append(
+            stream,
+            ExpectedVersion::NoStream,
+            vec![sample_event(stream)],
+        )
+        .await
+        .expect("append");
+    let hint = tokio::time::timeout(std::time::Duration::from_secs(10), hints.next()).await;
+    assert!(
+        matches!(hint, Ok(Some(()))),
+        "no hint within 10 s of a commit"
+    );
+}
+
+/// Instantiates the [`CommitHints`] check as a `#[tokio::test]`; the argument gives a store.
+#[macro_export]
+macro_rules! hints_conformance {
+    ($factory:expr) => {
+        mod hints_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_hint_follows_a_commit() {
+                $crate::conformance::a_hint_follows_a_commit(&$factory).await;
+            }
+        }
+    };
 }
 
 /// Instantiates the [`LeaseProvider`] checks, each a `#[tokio::test]`. The argument is an

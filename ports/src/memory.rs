@@ -729,6 +729,7 @@ mod tests {
     crate::event_store_conformance!(InMemoryEventStore::new());
     crate::checkpoint_conformance!(InMemoryEventStore::new());
     crate::lease_conformance!(InMemoryEventStore::new());
+    crate::hints_conformance!(InMemoryEventStore::new());
     crate::publisher_conformance!({
         let broker = InMemoryBroker::new();
         (broker.clone(), broker)

@@ -24,6 +24,9 @@ edupulse_ports::checkpoint_conformance!(Isolated::start(true).await);
 edupulse_ports::lease_conformance!(
     support::store_on(&edupulse_integration_tests::fresh_database().await).await
 );
+edupulse_ports::hints_conformance!(
+    support::store_on(&edupulse_integration_tests::fresh_database().await).await
+);
 
 /// The same kit with group commit off: every append is its own statement.
 mod direct {
