@@ -56,6 +56,13 @@
 //! subjects; the image runs 2.10. The duplicate window ([`NatsConfig::duplicate_window`]) still
 //! turns a quick retry of an ambiguous publish into a plain duplicate acknowledgement.
 //!
+//! **What an acknowledgement is worth is the server's setting.** nats-server acknowledges a
+//! write before it reaches the disk unless JetStream runs with `sync_interval: always` (the
+//! default syncs every two minutes), and a single replica is lost with its disk. The relay
+//! checkpoints after acknowledgements, so a broker that loses acknowledged writes loses them for
+//! consumers until a replay. Run production with `sync_interval: always` and `replicas = 3`; the
+//! test image ships that configuration as `/etc/nats/durable.conf`.
+//!
 //! **Ordering under pipelining.** Throughput comes from many messages awaiting acknowledgement at
 //! once, but pipelining within one stream can reorder it at the broker: if event 5 of a stream
 //! times out while event 6 is acknowledged (the connection dropped between the two and the
