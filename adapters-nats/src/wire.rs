@@ -2,7 +2,6 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use edupulse_domain::event_types::is_valid_subject_token;
 use edupulse_ports::{PublishError, RecordedEvent};
 
 /// Header names, in one place. Every published event carries the `Edupulse-*` headers below, so a
@@ -59,7 +58,7 @@ pub mod headers {
 /// carrying `.`, `*`, `>` or spaces).
 pub fn event_subject(prefix: &str, event: &RecordedEvent) -> Result<String, PublishError> {
     let event_type = event.envelope.event_type();
-    if !is_valid_subject_token(event_type) {
+    if !is_subject_token(event_type) {
         return Err(PublishError::Rejected {
             reason: format!("event type {event_type:?} is not a valid subject token"),
         });
@@ -197,7 +196,17 @@ pub(crate) fn header_text(text: &str, max: usize) -> String {
 
 /// Whether `prefix` is one or more valid subject tokens joined by dots.
 pub(crate) fn is_valid_prefix(prefix: &str) -> bool {
-    !prefix.is_empty() && prefix.split('.').all(is_valid_subject_token)
+    !prefix.is_empty() && prefix.split('.').all(is_subject_token)
+}
+
+/// Whether `token` can be one token of a subject: not empty, and none of `.` (the separator),
+/// `*` and `>` (wildcards), whitespace or control characters. The store's event types
+/// (identifiers) always are; the check guards this wire format against any other input.
+pub(crate) fn is_subject_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .chars()
+            .all(|c| !matches!(c, '.' | '*' | '>') && !c.is_whitespace() && !c.is_control())
 }
 
 /// Whether `name` can name a JetStream stream or consumer: 1 to 255 ASCII letters, digits, `_`

@@ -120,8 +120,7 @@ impl EventEnvelope {
 
     /// Compact JSON in the seed's format.
     pub fn encode(&self) -> Vec<u8> {
-        // Every field is plain data with string keys and finite numbers: this cannot fail.
-        serde_json::to_vec(&self.wire()).unwrap_or_default()
+        serde_json::to_vec(&self.wire()).expect(crate::events::INFALLIBLE_JSON)
     }
 
     /// The length of [`EventEnvelope::encode`]'s output, without building it: for size checks
@@ -138,8 +137,7 @@ impl EventEnvelope {
             }
         }
         let mut counter = Counter(0);
-        // As in `encode`, serializing this plain data cannot fail.
-        let _ = serde_json::to_writer(&mut counter, &self.wire());
+        serde_json::to_writer(&mut counter, &self.wire()).expect(crate::events::INFALLIBLE_JSON);
         counter.0
     }
 
@@ -275,7 +273,7 @@ impl RawEnvelope {
     /// become [`DomainEvent::Unknown`].
     ///
     /// # Errors
-    /// [`DecodeError::Payload`], [`DecodeError::Invalid`], [`DecodeError::UnsupportedVersion`].
+    /// [`DecodeError::Payload`], [`DecodeError::UnsupportedVersion`].
     pub fn into_envelope(self) -> Result<EventEnvelope, DecodeError> {
         let RawEvent {
             event_type,
@@ -443,7 +441,7 @@ impl EventEnvelope {
     /// The first rule broken.
     pub fn check_storable(&self) -> Result<usize, Unstorable> {
         let event_type = self.event_type();
-        if !crate::event_types::is_valid_subject_token(event_type) {
+        if !crate::event_types::is_identifier(event_type) {
             return Err(Unstorable::EventType(event_type.to_owned()));
         }
         let bytes = self.encode();

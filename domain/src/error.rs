@@ -85,15 +85,6 @@ pub enum DecodeError {
     /// The input is not UTF-8, not JSON, or not an envelope (missing or ill-typed fields).
     #[error("malformed envelope: {0}")]
     Malformed(#[source] serde_json::Error),
-    /// The envelope is well-formed but its event breaks a domain rule.
-    #[error("invalid {event_type} event: {source}")]
-    Invalid {
-        /// The event type named in the envelope.
-        event_type: String,
-        /// The rule that was broken.
-        #[source]
-        source: ValidationError,
-    },
     /// The payload of a known event type does not have the shape of its schema version.
     #[error("payload of {event_type} v{version} does not match its schema: {source}")]
     Payload {

@@ -22,15 +22,30 @@ pub mod event_types {
         PAYMENT_PROCESSED,
     ];
 
-    /// Whether `name` can be used as one NATS subject token: ASCII letters, digits, `_` and `-`,
-    /// 1 to 64 characters.
-    pub fn is_valid_subject_token(name: &str) -> bool {
+    /// Whether `name` is a valid event type name: an identifier of 1 to 64 ASCII letters,
+    /// digits, `_` and `-`, so that it can name the event on any transport (a subject, a header,
+    /// a file name) without escaping.
+    ///
+    /// ```
+    /// use edupulse_domain::event_types::is_identifier;
+    /// assert!(is_identifier("LessonPublished"));
+    /// assert!(!is_identifier("lesson.published"));
+    /// ```
+    pub fn is_identifier(name: &str) -> bool {
         (1..=64).contains(&name.len())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     }
 }
+
+/// Why serializing an event to JSON cannot fail, checked by `expect`: serde_json fails only on
+/// map keys that are not strings, on a writer's I/O error, or on a `Serialize` impl that
+/// returns an error. Events hold validated strings, UUIDs, numbers (serde_json writes a
+/// non-finite float as `null`), timestamps and `serde_json::Value` trees (string keys); the
+/// writers are in-memory buffers and a counter that never fail.
+pub(crate) const INFALLIBLE_JSON: &str =
+    "serializing an event to JSON cannot fail (string keys, in-memory writers)";
 
 /// Implemented by every event payload type: its stable name and current schema version.
 pub trait EventKind: Into<DomainEvent> {
@@ -214,8 +229,8 @@ macro_rules! kinds {
             /// The payload as JSON, in the shape of [`DomainEvent::schema_version`].
             pub fn payload(&self) -> serde_json::Value {
                 match self {
-                    // Serializing these plain structs of validated values cannot fail.
-                    $(DomainEvent::$ty(e) => serde_json::to_value(e).unwrap_or_default(),)*
+                    $(DomainEvent::$ty(e) => serde_json::to_value(e)
+                        .expect(INFALLIBLE_JSON),)*
                     DomainEvent::Unknown(u) => u.payload.clone(),
                 }
             }
@@ -286,12 +301,12 @@ mod tests {
     #[test]
     fn type_names_are_subject_tokens() {
         for name in event_types::ALL {
-            assert!(event_types::is_valid_subject_token(name), "{name}");
+            assert!(event_types::is_identifier(name), "{name}");
             assert!(DomainEvent::current_version_of(name).is_some());
         }
-        assert!(!event_types::is_valid_subject_token("a.b"));
-        assert!(!event_types::is_valid_subject_token("a*"));
-        assert!(!event_types::is_valid_subject_token(""));
+        assert!(!event_types::is_identifier("a.b"));
+        assert!(!event_types::is_identifier("a*"));
+        assert!(!event_types::is_identifier(""));
     }
 
     #[test]
