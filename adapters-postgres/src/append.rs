@@ -241,12 +241,21 @@ struct Call<'a> {
     attempt: usize,
 }
 
+/// How an append's statements relate to the transaction around them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isolation {
+    /// Each statement commits on its own.
+    Autocommit,
+    /// Each attempt runs in a savepoint of the transaction the connection is in.
+    Savepoint,
+}
+
 /// Appends one validated batch on `conn`.
 ///
-/// Without `savepoint`, every statement runs on its own (autocommit): an append reported as
+/// With [`Isolation::Autocommit`], every statement runs on its own (autocommit): an append reported as
 /// appended is committed, and with [`HintMode::AfterCommit`] its hint is sent at once.
 ///
-/// With `savepoint`, `conn` is in a transaction (or gets one, BEGIN/COMMIT, when it is not), and
+/// With [`Isolation::Savepoint`], `conn` is in a transaction (or gets one, BEGIN/COMMIT, when it is not), and
 /// every statement of the append, the lookups that resolve a refusal included, runs inside a
 /// savepoint of it: any failure of the append (a conflict, a unique violation, a cancelled
 /// statement, a timeout) is rolled back to that savepoint and leaves the transaction as it was.
@@ -259,7 +268,7 @@ pub(crate) async fn append_batch(
     stream: StreamId,
     expected: ExpectedVersion,
     events: &[EventEnvelope],
-    savepoint: bool,
+    isolation: Isolation,
     hint: HintMode<'_>,
 ) -> Result<AppendOutcome, StoreError> {
     let columns = Columns::of(events);
@@ -272,7 +281,7 @@ pub(crate) async fn append_batch(
     };
     loop {
         call.attempt += 1;
-        let step = if savepoint {
+        let step = if isolation == Isolation::Savepoint {
             attempt_in_savepoint(conn, &call).await
         } else {
             attempt_alone(conn, &call).await

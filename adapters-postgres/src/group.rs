@@ -21,7 +21,9 @@
 //! A caller that gives up (drops its future) does not withdraw its call: like any append whose
 //! outcome is unknown, it may have happened, and a retry with the same ids is a replay.
 
-use crate::append::{Columns, append_batch, conflict_or_replay, encode_expected, to_u64};
+use crate::append::{
+    Columns, Isolation, append_batch, conflict_or_replay, encode_expected, to_u64,
+};
 use crate::config::GroupCommitConfig;
 use crate::error::{internal, map_sqlx, shared_failure, unavailable, with_causes};
 use crate::hints::{AfterCommit, HintMode};
@@ -188,7 +190,15 @@ impl GroupCommitter {
         if let Some(_leading) = Busy::try_lead(&shard.busy) {
             let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
             let hint = HintMode::AfterCommit(&self.hints);
-            return append_batch(&mut conn, stream, expected, &events, false, hint).await;
+            return append_batch(
+                &mut conn,
+                stream,
+                expected,
+                &events,
+                Isolation::Autocommit,
+                hint,
+            )
+            .await;
         }
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -307,7 +317,7 @@ async fn write_group(
                 request.stream,
                 request.expected,
                 &request.events,
-                false,
+                Isolation::Autocommit,
                 HintMode::AfterCommit(hints),
             )
             .await;
@@ -482,7 +492,7 @@ async fn one_by_one(conn: &mut PgConnection, hints: &AfterCommit, requests: Vec<
                 request.stream,
                 request.expected,
                 &request.events,
-                true,
+                Isolation::Savepoint,
                 HintMode::AfterCommit(hints),
             )
             .await,

@@ -413,7 +413,15 @@ impl PgEventStore {
         events: Vec<EventEnvelope>,
     ) -> Result<AppendOutcome, StoreError> {
         validate_batch(stream, &events, self.max_event_bytes)?;
-        append::append_batch(conn, stream, expected, &events, true, HintMode::AtCommit).await
+        append::append_batch(
+            conn,
+            stream,
+            expected,
+            &events,
+            append::Isolation::Savepoint,
+            HintMode::AtCommit,
+        )
+        .await
     }
 
     fn group(&self) -> Option<&group::GroupCommitter> {
@@ -498,7 +506,15 @@ pub async fn append_in_transaction(
     validate_batch(stream, &events, DEFAULT_MAX_EVENT_BYTES)?;
     // The caller's commit is the only moment that tells the events are committed: the
     // trigger sends the hint then.
-    append::append_batch(conn, stream, expected, &events, true, HintMode::AtCommit).await
+    append::append_batch(
+        conn,
+        stream,
+        expected,
+        &events,
+        append::Isolation::Savepoint,
+        HintMode::AtCommit,
+    )
+    .await
 }
 
 #[async_trait]
@@ -516,7 +532,15 @@ impl EventAppender for PgEventStore {
         }
         let mut conn = self.pool.acquire().await.map_err(error::map_sqlx)?;
         let hint = HintMode::AfterCommit(self.after_commit());
-        append::append_batch(&mut conn, stream, expected, &events, false, hint).await
+        append::append_batch(
+            &mut conn,
+            stream,
+            expected,
+            &events,
+            append::Isolation::Autocommit,
+            hint,
+        )
+        .await
     }
 }
 

@@ -42,7 +42,7 @@ pub use report::BenchReport;
 use crate::cli::{BenchArgs, BenchPhase};
 use crate::docker::{BrokerSync, DockerError, LocalNats, LocalServers};
 use crate::relay::RelayConfig;
-use crate::stats::ms;
+use crate::latency::ms;
 use crate::wiring::{Backbone, WiringError, spawn_relay};
 use edupulse_domain::Uuid;
 use edupulse_ports::StoreError;
@@ -171,7 +171,7 @@ pub async fn run_with(args: &BenchArgs, options: &BenchOptions) -> Result<BenchR
     pg.database_url = Some(url.clone());
 
     let result = run_phases(args, options, &pg, &nats, &run_id, &probe, durable.as_ref()).await;
-    database.drop_it(&given).await;
+    database.remove(&given).await;
     drop(durable);
     drop(local);
     let report = result?;
@@ -225,7 +225,7 @@ impl Scratch {
         }
     }
 
-    async fn drop_it(self, given: &SecretString) {
+    async fn remove(self, given: &SecretString) {
         if self.url.is_none() {
             return;
         }
@@ -580,8 +580,8 @@ async fn run_phases(
             }
             // The backbone's relay, its publisher wrapped to time commit → ack per event.
             let committed: timing::Committed = Arc::default();
-            let commit_to_ack = Arc::new(crate::stats::LatencyHistogram::default());
-            let commit_to_read = Arc::new(crate::stats::LatencyHistogram::default());
+            let commit_to_ack = Arc::new(crate::latency::LatencyHistogram::default());
+            let commit_to_read = Arc::new(crate::latency::LatencyHistogram::default());
             let store = backbone.store.clone();
             let relay = crate::relay::Relay::new(
                 crate::relay::RelayPorts {

@@ -27,6 +27,6 @@ pub mod docker;
 pub mod http;
 pub mod input;
 pub mod relay;
-pub mod stats;
+pub mod latency;
 pub mod telemetry;
 pub mod wiring;

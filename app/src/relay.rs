@@ -41,7 +41,7 @@
 //! - **Graceful shutdown**: on cancellation the relay stops reading, lets in-flight publishes
 //!   finish and be acknowledged, saves the checkpoint and returns.
 
-use crate::stats::LatencyHistogram;
+use crate::latency::LatencyHistogram;
 use chrono::Utc;
 use edupulse_domain::StreamId;
 use edupulse_ports::{

@@ -3,7 +3,7 @@
 //! with JetStream's acknowledgement. The relay's own histogram starts earlier, at the row's
 //! `recorded_at` (the insert, before the WAL flush), so it includes the commit itself.
 
-use crate::stats::LatencyHistogram;
+use crate::latency::LatencyHistogram;
 use async_trait::async_trait;
 use edupulse_domain::{EventId, StreamId};
 use edupulse_ports::{EventPublisher, PublishError, PublishResult, RecordedEvent};
