@@ -41,8 +41,8 @@ pub use report::BenchReport;
 
 use crate::cli::{BenchArgs, BenchPhase};
 use crate::docker::{BrokerSync, DockerError, LocalNats, LocalServers};
-use crate::relay::RelayConfig;
 use crate::latency::ms;
+use crate::relay::RelayConfig;
 use crate::wiring::{Backbone, WiringError, spawn_relay};
 use edupulse_domain::Uuid;
 use edupulse_ports::StoreError;

@@ -7,8 +7,8 @@
 
 use crate::cli::DemoArgs;
 use crate::docker::{BrokerSync, LocalServers};
-use crate::relay::RelayConfig;
 use crate::latency::{LatencyHistogram, ms};
+use crate::relay::RelayConfig;
 use crate::wiring::{Backbone, WiringError, spawn_relay};
 use edupulse_domain::{
     Actor, AmountCents, BadgeAwarded, ContextId, DomainEvent, EventEnvelope, EventId,

@@ -26,7 +26,7 @@ pub mod demo;
 pub mod docker;
 pub mod http;
 pub mod input;
-pub mod relay;
 pub mod latency;
+pub mod relay;
 pub mod telemetry;
 pub mod wiring;
