@@ -61,9 +61,20 @@ fn is_transient(code: &str) -> bool {
 pub(crate) fn map_sqlx(error: sqlx::Error) -> StoreError {
     if is_transient_error(&error) {
         StoreError::Unavailable(Box::new(error))
+    } else if is_schema_missing(&error) {
+        StoreError::SchemaMissing(Box::new(error))
     } else {
         StoreError::Internal(Box::new(error))
     }
+}
+
+/// Whether the error says an object of the schema does not exist: undefined_table,
+/// undefined_column, undefined_function (migrations not applied, or older than this build).
+fn is_schema_missing(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    matches!(db.code().as_deref(), Some("42P01" | "42703" | "42883"))
 }
 
 /// The same classification for an error several callers share (a failed group append): each
@@ -71,6 +82,8 @@ pub(crate) fn map_sqlx(error: sqlx::Error) -> StoreError {
 pub(crate) fn shared_failure(error: &sqlx::Error) -> StoreError {
     if is_transient_error(error) {
         unavailable(error.to_string())
+    } else if is_schema_missing(error) {
+        StoreError::SchemaMissing(Box::new(AdapterError(error.to_string())))
     } else {
         internal(error.to_string())
     }

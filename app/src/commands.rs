@@ -403,8 +403,15 @@ async fn append_one(store: &PgEventStore, req: AppendRequest) -> LineOutcome {
     }
 }
 
+/// The error with every cause behind it (what PostgreSQL said), and whether a retry may help.
 fn describe_store_error(e: &StoreError) -> String {
     let mut msg = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
     if e.is_retryable() {
         msg.push_str(" (retryable)");
     }

@@ -79,7 +79,14 @@ pub enum StoreError {
         #[source]
         source: DecodeError,
     },
-    /// Any other failure of the backend (permissions, a missing migration, a bug).
+    /// The store's schema is missing or older than this build: a table, column or function it
+    /// needs does not exist.
+    ///
+    /// # Handling
+    /// Not retryable: apply the migrations (`edupulse-events migrate`), then retry.
+    #[error("the event store's schema is missing or out of date; run `edupulse-events migrate`")]
+    SchemaMissing(#[source] BoxError),
+    /// Any other failure of the backend (permissions, a bug).
     ///
     /// # Handling
     /// Not retryable without an operator. An HTTP API answers 500.

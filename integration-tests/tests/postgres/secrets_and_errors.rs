@@ -1,6 +1,6 @@
 //! The password never shows; errors are classified (retryable or not).
 
-use crate::support::config;
+use crate::support::{config, event, store_on};
 use edupulse_integration_tests::{fresh_database, shared_postgres};
 use edupulse_ports::StoreError;
 use edupulse_postgres::PgEventStore;
@@ -89,4 +89,29 @@ async fn a_row_that_does_not_decode_is_reported_as_corrupted_with_its_position()
         Err(StoreError::Corrupted { position: p, .. }) => assert_eq!(p as i64, position),
         other => panic!("expected corrupted, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_without_its_schema_says_to_migrate() {
+    let db = fresh_database().await;
+    let store = store_on(&db).await;
+    // As before `migrate`: the table the append needs does not exist.
+    sqlx::query("ALTER TABLE events RENAME TO events_elsewhere")
+        .execute(store.pool())
+        .await
+        .expect("rename");
+    let stream = edupulse_domain::StreamId::new();
+    let error = edupulse_ports::EventAppender::append(
+        &store,
+        stream,
+        edupulse_domain::ExpectedVersion::Any,
+        vec![event(stream)],
+    )
+    .await
+    .expect_err("no table");
+    assert!(matches!(error, StoreError::SchemaMissing(_)), "{error:?}");
+    assert!(!error.is_retryable());
+    let text = chain(&error);
+    assert!(text.contains("edupulse-events migrate"), "{text}");
+    assert!(text.contains("events"), "the cause names the table: {text}");
 }
