@@ -8,7 +8,7 @@
 //!   all go through it.
 //! - [`commands`], [`demo`], [`bench`](mod@bench): what the subcommands do; [`cli`]: their options (clap, with
 //!   environment variable fallbacks); [`input`]: the NDJSON / flag event format of `append`.
-//! - [`telemetry`], [`http`], [`stats`]: logs, Prometheus metrics, `/metrics` `/healthz` `/readyz`,
+//! - [`telemetry`], [`http`], [`latency`]: logs, Prometheus metrics, `/metrics` `/healthz` `/readyz`,
 //!   and a constant-memory latency histogram.
 //! - [`docker`]: throw-away servers for `demo` and `bench` when no URLs are configured.
 //!
