@@ -54,7 +54,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgPoolOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
 use sys::{CpuPerEvent, CpuProbe};
 use thiserror::Error;
@@ -609,7 +609,7 @@ async fn run_phases(
                 let stats = stats.clone();
                 async move {
                     let deadline = Instant::now() + plan.drain_timeout;
-                    while stats.published.load(Ordering::Relaxed) < target {
+                    while stats.snapshot().published < target {
                         if Instant::now() > deadline {
                             return Err(BenchError::Relay(format!(
                                 "the relay did not publish everything within {:?}",
@@ -624,8 +624,8 @@ async fn run_phases(
             let live = async {
                 let mut latency = Vec::new();
                 for rate in [1000.0, 5000.0] {
-                    let base = stats.published.load(Ordering::Relaxed);
-                    stats.commit_to_ack.reset();
+                    let base = stats.snapshot().published;
+                    stats.commit_to_ack().reset();
                     commit_to_ack.reset();
                     commit_to_read.reset();
                     let out = load::run_noting(
@@ -642,7 +642,7 @@ async fn run_phases(
                     .await?;
                     drain(base + out.measured.events).await?;
                     let h = &commit_to_ack;
-                    let insert = &stats.commit_to_ack;
+                    let insert = stats.commit_to_ack();
                     latency.push(LatencyRow {
                         offered_rate: rate,
                         achieved_rate: out.measured.rate(),
@@ -666,7 +666,7 @@ async fn run_phases(
                     eprintln!("  commit → read at {rate}/s: {}", commit_to_read.summary());
                 }
                 // End to end at full speed.
-                let base = stats.published.load(Ordering::Relaxed);
+                let base = stats.snapshot().published;
                 let cpu = probe.snapshot(None);
                 let started = Instant::now();
                 let out = load::run(

@@ -220,9 +220,9 @@ pub async fn run_against(
         unexpected,
         append_time,
         end_to_end_time: last_received.saturating_duration_since(started),
-        commit_to_ack_p50: stats.commit_to_ack.quantile(0.5),
-        commit_to_ack_p99: stats.commit_to_ack.quantile(0.99),
-        commit_to_ack_max: stats.commit_to_ack.max(),
+        commit_to_ack_p50: stats.commit_to_ack().quantile(0.5),
+        commit_to_ack_p99: stats.commit_to_ack().quantile(0.99),
+        commit_to_ack_max: stats.commit_to_ack().max(),
         append_latency: (append_latency.quantile(0.5), append_latency.quantile(0.99)),
     })
 }

@@ -1,7 +1,8 @@
 //! The relay against the in-memory fakes: ordering, faults, poison events, leases, shutdown.
 
+use super::backoff::backoff_delay;
 use super::*;
-use edupulse_domain::{BadgeAwarded, EventEnvelope, ExpectedVersion, Uuid};
+use edupulse_domain::{BadgeAwarded, EventEnvelope, ExpectedVersion, StreamId, Uuid};
 use edupulse_ports::memory::{BrokerFault, InMemoryBroker, InMemoryEventStore};
 use edupulse_ports::{EventAppender, Release};
 use std::collections::HashMap;
@@ -98,7 +99,7 @@ async fn publishes_everything_in_order_and_checkpoints() {
     assert_exactly_once_in_stream_order(&store, &broker);
     let cp = store.load("default").await.unwrap().unwrap();
     assert_eq!(cp.cursor, store.all_events().last().unwrap().cursor);
-    assert_eq!(relay.stats().published.load(Ordering::Relaxed), 53);
+    assert_eq!(relay.stats().snapshot().published, 53);
 }
 
 #[tokio::test]
@@ -117,9 +118,9 @@ async fn broker_faults_are_retried_without_loss_duplication_or_reordering() {
     stop.cancel();
     handle.await.unwrap();
     assert_exactly_once_in_stream_order(&store, &broker);
-    assert!(relay.stats().retries.load(Ordering::Relaxed) >= 1);
+    assert!(relay.stats().snapshot().retries >= 1);
     assert!(
-        relay.stats().duplicates.load(Ordering::Relaxed) >= 1,
+        relay.stats().snapshot().duplicates >= 1,
         "stored-but-unacked events come back as duplicates"
     );
 }
@@ -133,7 +134,7 @@ async fn broker_outage_then_recovery() {
     let (stop, handle) = spawn(relay.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(broker.messages().is_empty());
-    assert!(relay.stats().retries.load(Ordering::Relaxed) > 0);
+    assert!(relay.stats().snapshot().retries > 0);
     broker.set_down(false);
     wait_for(&broker, 30).await;
     stop.cancel();
@@ -159,8 +160,7 @@ async fn store_outage_then_recovery() {
 /// Waits until `relay` parked `n` streams and the rest flowed (or panics after 10 s).
 async fn wait_parked(relay: &Relay, broker: &InMemoryBroker, n: u64, published: usize) {
     for _ in 0..1000 {
-        if relay.stats().parked.load(Ordering::Relaxed) >= n && broker.messages().len() >= published
-        {
+        if relay.stats().snapshot().parked >= n && broker.messages().len() >= published {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -257,8 +257,8 @@ async fn one_active_relay_and_standby_takeover() {
     wait_for(&broker, 10).await;
     let (stop_b, handle_b) = spawn(b.clone());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(a.stats().active.load(Ordering::Relaxed));
-    assert!(!b.stats().active.load(Ordering::Relaxed));
+    assert!(a.stats().snapshot().active);
+    assert!(!b.stats().snapshot().active);
     // The active relay's lease expires (not renewed in time): it stops, the standby takes over.
     store.revoke_lease("default");
     append_events(&store, 2, 5).await;
@@ -266,7 +266,7 @@ async fn one_active_relay_and_standby_takeover() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let active = [&a, &b]
         .iter()
-        .filter(|r| r.stats().active.load(Ordering::Relaxed))
+        .filter(|r| r.stats().snapshot().active)
         .count();
     assert_eq!(active, 1, "exactly one relay is active");
     stop_a.cancel();
@@ -275,7 +275,7 @@ async fn one_active_relay_and_standby_takeover() {
     handle_b.await.unwrap();
     assert_exactly_once_in_stream_order(&store, &broker);
     assert_eq!(
-        a.stats().takeovers.load(Ordering::Relaxed) + b.stats().takeovers.load(Ordering::Relaxed),
+        a.stats().snapshot().takeovers + b.stats().snapshot().takeovers,
         2
     );
 }

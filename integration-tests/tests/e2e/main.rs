@@ -16,7 +16,6 @@ use edupulse_ports::{CheckpointStore, EventAppender, EventConsumer, EventReader,
 use edupulse_postgres::PgStoreConfig;
 use secrecy::SecretString;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// A database and stream names of the test's own.
@@ -115,15 +114,14 @@ async fn standby_takes_over_when_the_active_relay_dies() {
     append_rounds(&backbone, &streams, &mut ids, 10).await;
     // Wait until one relay is active and has published something, then kill it.
     for _ in 0..200 {
-        let published = first.stats.published.load(Ordering::Relaxed)
-            + second.stats.published.load(Ordering::Relaxed);
+        let published = first.stats.snapshot().published + second.stats.snapshot().published;
         if published > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let a_active = first.stats.active.load(Ordering::Relaxed);
-    let b_active = second.stats.active.load(Ordering::Relaxed);
+    let a_active = first.stats.snapshot().active;
+    let b_active = second.stats.snapshot().active;
     assert!(a_active ^ b_active, "exactly one relay is active");
     let (dead, survivor) = if a_active {
         (first, second)
@@ -135,8 +133,8 @@ async fn standby_takes_over_when_the_active_relay_dies() {
     append_rounds(&backbone, &streams, &mut ids, 10).await;
     let (seen, reordered) = consume_all(&backbone, &ids).await;
     // The standby took over (its lease became free when the dead relay's connection closed).
-    assert!(survivor.stats.active.load(Ordering::Relaxed));
-    assert_eq!(survivor.stats.takeovers.load(Ordering::Relaxed), 1);
+    assert!(survivor.stats.snapshot().active);
+    assert_eq!(survivor.stats.snapshot().takeovers, 1);
     survivor.stop().await;
     assert_exactly_once(&ids, &seen, reordered);
 }
@@ -266,7 +264,7 @@ async fn graceful_stop_saves_the_checkpoint_and_restart_resumes() {
         .await
         .expect("relay");
     for _ in 0..200 {
-        if relay.stats.published.load(Ordering::Relaxed) >= 50 {
+        if relay.stats.snapshot().published >= 50 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -295,7 +293,7 @@ async fn graceful_stop_saves_the_checkpoint_and_restart_resumes() {
         .expect("relay again");
     let (seen, reordered) = consume_all(&backbone, &ids).await;
     assert_eq!(
-        relay.stats.duplicates.load(Ordering::Relaxed),
+        relay.stats.snapshot().duplicates,
         0,
         "a graceful stop leaves nothing to re-publish"
     );
@@ -322,7 +320,7 @@ async fn metrics_and_health_endpoints() {
     .expect("relay");
     let addr = relay.http.expect("http bound");
     for _ in 0..200 {
-        if relay.stats.published.load(Ordering::Relaxed) >= 1 {
+        if relay.stats.snapshot().published >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

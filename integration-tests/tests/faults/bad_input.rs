@@ -2,7 +2,6 @@
 //! large for the store or for the broker, and strings exactly at the size limits.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edupulse_app::input::{InputError, parse_line};
@@ -233,7 +232,7 @@ async fn broker_smaller_than_the_store_parks_the_stream_and_the_rest_flows() {
     let mut figures = run.finish("broker_max_payload_parked", &poison).await;
     Run::stop_relay(relay).await;
     assert!(store.parked(&name).await.expect("parked").is_empty());
-    assert_eq!(stats.parked.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.snapshot().parked, 3);
     figures.notes =
         "3 events above the broker's limit parked their streams; released with --skip".into();
     figures.report_and_check();

@@ -3,7 +3,6 @@
 //! ids; the broker deduplicates; nothing is lost, duplicated or reordered.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edupulse_integration_tests::{NatsContainer, fresh_database, start_nats};
@@ -30,9 +29,9 @@ async fn run_with_broker_fault(
     writers.join().await;
     let recovery = run.caught_up_since(healed).await;
 
-    let retries = relay.stats.retries.load(Ordering::Relaxed);
-    let published = relay.stats.published.load(Ordering::Relaxed);
-    let duplicates = relay.stats.duplicates.load(Ordering::Relaxed);
+    let retries = relay.stats.snapshot().retries;
+    let published = relay.stats.snapshot().published;
+    let duplicates = relay.stats.snapshot().duplicates;
     let mut figures = run.finish(what, &HashSet::new()).await;
     Run::stop_relay(relay).await;
     figures.recovery = recovery;

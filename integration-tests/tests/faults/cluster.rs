@@ -2,7 +2,6 @@
 //! middle of a run: a new leader is elected, the relay retries, nothing is lost or duplicated.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edupulse_integration_tests::{fresh_database, start_nats_cluster, unique_name};
@@ -50,7 +49,7 @@ async fn r3_cluster_loses_the_stream_leader_mid_run() {
     writers.join().await;
     let recovery = run.caught_up_since(lost).await;
 
-    let retries = relay.stats.retries.load(Ordering::Relaxed);
+    let retries = relay.stats.snapshot().retries;
     let mut figures = run.finish("cluster_r3_node_lost", &HashSet::new()).await;
     Run::stop_relay(relay).await;
     figures.recovery = recovery;

@@ -4,7 +4,6 @@
 //! acknowledged.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edupulse_app::commands::broker_status;
@@ -71,7 +70,7 @@ async fn relay_down_longer_than_the_duplicate_window_stores_nothing_twice() {
     figures.recovery = recovery;
     figures.notes = format!(
         "the restarted relay found {} events already in the broker (refused by the fence)",
-        stats.duplicates.load(Ordering::Relaxed)
+        stats.snapshot().duplicates
     );
     figures.report_and_check();
 }
@@ -188,7 +187,7 @@ async fn an_undecodable_row_parks_its_stream_and_every_other_stream_flows() {
     figures.notes = format!(
         "1 row parked its stream ({} events held, released with --skip); other streams kept \
          flowing (500 more events {} ms after the poison)",
-        stats.held.load(Ordering::Relaxed),
+        stats.snapshot().held,
         flowing_after.as_millis()
     );
     figures.report_and_check();
@@ -261,14 +260,14 @@ async fn a_sealed_broker_stream_blocks_the_relay_without_parking_or_skipping() {
             .expect("parked")
             .is_empty()
     );
-    assert_eq!(stats.parked.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.snapshot().parked, 0);
     let checkpoint_after = run.backbone.store.load(&run.name).await.expect("load");
     assert_eq!(
         checkpoint_before.map(|c| c.cursor),
         checkpoint_after.map(|c| c.cursor),
         "the checkpoint does not pass events the broker refused"
     );
-    assert!(stats.retries.load(Ordering::Relaxed) > 0);
+    assert!(stats.snapshot().retries > 0);
     eprintln!("faults: sealed stream: relay blocked, reason: {blocked}");
     Run::stop_relay(relay).await;
 }
@@ -321,7 +320,7 @@ async fn a_paused_relay_resumed_after_its_successor_took_over_stores_nothing_twi
         "active relay SIGSTOPped mid-publishing; successor active after {} ms; the paused one \
          resumed 300+ events later; successor found {} already stored",
         took_over.as_millis(),
-        stats.duplicates.load(Ordering::Relaxed)
+        stats.snapshot().duplicates
     );
     figures.report_and_check();
 }

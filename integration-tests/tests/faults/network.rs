@@ -10,7 +10,6 @@
 
 use std::collections::HashSet;
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edupulse_app::relay::RelayConfig;
@@ -127,13 +126,13 @@ async fn silent_network_loss_of_the_active_relays_host() {
     wait_published(&active, 200).await;
     // The standby has had time to connect and stand by.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(active.stats.active.load(Ordering::Relaxed));
+    assert!(active.stats.snapshot().active);
 
     let dropped = DroppedPorts::on(&[pg_path.port(), nats_path.port()]);
     let silenced = Instant::now();
     let active_stats = active.stats.clone();
     let gave_up = time_until(silenced, TAKEOVER_BUDGET, || {
-        !active_stats.active.load(Ordering::Relaxed)
+        !active_stats.snapshot().active
     })
     .await;
     wait_holder(&run, &standby_holder).await;
@@ -176,7 +175,7 @@ async fn silent_network_loss_of_the_active_relays_host() {
          {}) and published after {:.1} s; {}",
         gave_up.as_secs_f64(),
         took_over.as_secs_f64(),
-        active_stats.lease_epoch.load(Ordering::Relaxed),
+        active_stats.snapshot().lease_epoch,
         epoch.unwrap_or_default(),
         publishing.as_secs_f64(),
         stats("silent", &active_stats)

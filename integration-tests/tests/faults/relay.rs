@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edupulse_app::relay::{RelayConfig, RelayStats};
@@ -105,16 +104,16 @@ async fn relay_killed_with_sigkill_at_a_third_and_at_half_of_the_run() {
 pub(crate) fn stats(name: &str, stats: &RelayStats) -> String {
     format!(
         "{name}: active {}, published {}, duplicates {}, takeovers {}",
-        stats.active.load(Ordering::Relaxed),
-        stats.published.load(Ordering::Relaxed),
-        stats.duplicates.load(Ordering::Relaxed),
-        stats.takeovers.load(Ordering::Relaxed)
+        stats.snapshot().active,
+        stats.snapshot().published,
+        stats.snapshot().duplicates,
+        stats.snapshot().takeovers
     )
 }
 
 pub(crate) async fn wait_active(stats: &Arc<RelayStats>) -> Duration {
     let started = Instant::now();
-    while !stats.active.load(Ordering::Relaxed) {
+    while !stats.snapshot().active {
         assert!(
             started.elapsed() < TAKEOVER_TIMEOUT,
             "never active: {}",
@@ -151,14 +150,14 @@ async fn two_relays_race_on_one_checkpoint_and_the_standby_takes_over() {
     tokio::time::sleep(Duration::from_secs(3) * soak_factor()).await;
     // Only the holder publishes; the standby has done nothing at all.
     assert!(
-        a_stats.active.load(Ordering::Relaxed) && !b_stats.active.load(Ordering::Relaxed),
+        a_stats.snapshot().active && !b_stats.snapshot().active,
         "{} / {}",
         stats("a", &a_stats),
         stats("b", &b_stats)
     );
-    assert!(a_stats.published.load(Ordering::Relaxed) > 0);
+    assert!(a_stats.snapshot().published > 0);
     assert_eq!(
-        b_stats.published.load(Ordering::Relaxed) + b_stats.duplicates.load(Ordering::Relaxed),
+        b_stats.snapshot().published + b_stats.snapshot().duplicates,
         0,
         "the standby must not publish"
     );
@@ -190,9 +189,6 @@ async fn two_relays_race_on_one_checkpoint_and_the_standby_takes_over() {
         stats("b", &b_stats)
     );
     figures.report_and_check();
-    assert!(
-        b_stats.published.load(Ordering::Relaxed) > 0,
-        "the standby took over"
-    );
-    assert_eq!(b_stats.takeovers.load(Ordering::Relaxed), 1);
+    assert!(b_stats.snapshot().published > 0, "the standby took over");
+    assert_eq!(b_stats.snapshot().takeovers, 1);
 }

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edupulse_integration_tests::{
@@ -45,7 +44,7 @@ async fn postgres_restarted_mid_load() {
     let recovery = run.caught_up_since(healed).await;
 
     let retryable = run.history.retryable_errors();
-    let takeovers = relay.stats.takeovers.load(Ordering::Relaxed);
+    let takeovers = relay.stats.snapshot().takeovers;
     let mut figures = run.finish("postgres_restarted", &HashSet::new()).await;
     Run::stop_relay(relay).await;
     figures.recovery = recovery;

@@ -279,7 +279,7 @@ pub(crate) async fn within<T>(what: &str, limit: Duration, fut: impl Future<Outp
 /// Waits until `relay` has published at least `n` events (the fault must land mid-run).
 pub(crate) async fn wait_published(relay: &RunningRelay, n: u64) {
     let started = Instant::now();
-    while relay.stats.published.load(Ordering::Relaxed) < n {
+    while relay.stats.snapshot().published < n {
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "the relay never published {n} events"
