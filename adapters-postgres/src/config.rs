@@ -1,5 +1,6 @@
 use edupulse_domain::DEFAULT_MAX_EVENT_BYTES;
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 use std::fmt;
 use std::str::FromStr;
@@ -32,6 +33,9 @@ pub struct PgStoreConfig {
     /// TCP keepalives and user timeout the server applies to this store's sessions (see
     /// [`SessionKeepalive`]).
     pub session_keepalive: SessionKeepalive,
+    /// What the driver logs of statements: by default a statement slower than a second is
+    /// logged as a warning, with its SQL.
+    pub statement_log: StatementLog,
 }
 
 /// The timing of leases: a lease expires `ttl` after it was taken or last renewed, on the
@@ -299,6 +303,7 @@ impl PgStoreConfig {
             group_commit: GroupCommitConfig::default(),
             lease: LeaseConfig::default(),
             session_keepalive: SessionKeepalive::default(),
+            statement_log: StatementLog::default(),
         }
     }
 
@@ -309,6 +314,10 @@ impl PgStoreConfig {
         let options = PgConnectOptions::from_str(self.url.expose_secret())
             .map(|o| o.application_name(&self.application_name))
             .map_err(|_| ConfigError)?;
+        let options = match self.statement_log {
+            StatementLog::SlowAsWarnings => options,
+            StatementLog::Off => options.disable_statement_logging(),
+        };
         let startup = self.session_keepalive.startup_options();
         Ok(if startup.is_empty() {
             options
@@ -316,6 +325,17 @@ impl PgStoreConfig {
             options.options(startup)
         })
     }
+}
+
+/// What the driver logs of the statements it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatementLog {
+    /// Statements slower than a second are logged as warnings, with their SQL: a slow statement
+    /// in a service is worth an operator's look.
+    #[default]
+    SlowAsWarnings,
+    /// Nothing: for work that is slow on purpose (a bench's bulk loads), whose output is a table.
+    Off,
 }
 
 impl fmt::Debug for PgStoreConfig {

@@ -233,6 +233,7 @@ mod status;
 
 pub use config::{
     ConfigError, GroupCommitConfig, LeaseConfig, LeaseConfigError, PgStoreConfig, SessionKeepalive,
+    StatementLog,
 };
 pub use error::APPEND_ONLY_SQLSTATE;
 pub use hints::HINT_CHANNEL;

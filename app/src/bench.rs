@@ -46,13 +46,14 @@ use crate::relay::RelayConfig;
 use crate::wiring::{Backbone, WiringError, spawn_relay};
 use edupulse_domain::Uuid;
 use edupulse_ports::StoreError;
-use edupulse_postgres::{PgEventStore, PgStoreConfig};
+use edupulse_postgres::{PgEventStore, PgStoreConfig, StatementLog};
 use raw::Measured;
 use report::{LatencyRow, Row, Target};
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::Connection;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{ConnectOptions, Connection};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use std::time::{Duration, Instant};
@@ -314,13 +315,23 @@ async fn run_phases(
     let plan = Plan::of(args);
     let mut pg_config: PgStoreConfig = pg.store_config()?;
     pg_config.max_connections = pg_config.max_connections.max(48);
+    // The bench's statements are slow on purpose (bulk loads): its output is its table, not
+    // the driver's warnings with whole statements in them.
+    pg_config.statement_log = StatementLog::Off;
     let store = PgEventStore::connect(&pg_config).await?;
     store.migrate().await?;
     drop(store);
     let backbone = Backbone::connect(&pg_config, nats.nats_config()?).await?;
+    let raw_options =
+        sqlx::postgres::PgConnectOptions::from_str(pg.store_config()?.url.expose_secret())
+            .map_err(|source| BenchError::Postgres {
+                what: "parse the URL",
+                source,
+            })?
+            .disable_statement_logging();
     let raw_pool = PgPoolOptions::new()
         .max_connections(20)
-        .connect(pg.store_config()?.url.expose_secret())
+        .connect_with(raw_options)
         .await
         .map_err(|source| BenchError::Postgres {
             what: "connect",
