@@ -30,6 +30,7 @@
 
 mod catchup;
 mod load;
+mod phases;
 mod raw;
 pub mod report;
 mod sys;
@@ -41,25 +42,17 @@ pub use report::BenchReport;
 
 use crate::cli::{BenchArgs, BenchPhase};
 use crate::docker::{BrokerSync, DockerError, LocalNats, LocalServers};
-use crate::latency::ms;
-use crate::relay::RelayConfig;
-use crate::wiring::{Backbone, WiringError, spawn_relay};
+use crate::wiring::WiringError;
 use edupulse_domain::Uuid;
 use edupulse_ports::StoreError;
-use edupulse_postgres::{PgEventStore, PgStoreConfig, StatementLog};
-use raw::Measured;
-use report::{LatencyRow, Row, Target};
+use report::Target;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{ConnectOptions, Connection};
+use sqlx::Connection;
 use std::path::PathBuf;
-use std::str::FromStr;
-use std::sync::Arc;
 
-use std::time::{Duration, Instant};
-use sys::{CpuPerEvent, CpuProbe};
+use std::time::Duration;
+use sys::CpuProbe;
 use thiserror::Error;
-use workload::Template;
 
 /// Why the bench could not run.
 #[derive(Debug, Error)]
@@ -302,7 +295,6 @@ const E2E_BATCH: usize = 10;
 /// The relay's page size (the `relay` command's default).
 const RELAY_BATCH: usize = crate::relay::DEFAULT_BATCH_SIZE;
 
-#[allow(clippy::too_many_lines)]
 async fn run_phases(
     args: &BenchArgs,
     options: &BenchOptions,
@@ -312,429 +304,19 @@ async fn run_phases(
     probe: &CpuProbe,
     durable: Option<&LocalNats>,
 ) -> Result<BenchReport, BenchError> {
-    let plan = Plan::of(args);
-    let mut pg_config: PgStoreConfig = pg.store_config()?;
-    pg_config.max_connections = pg_config.max_connections.max(48);
-    // The bench's statements are slow on purpose (bulk loads): its output is its table, not
-    // the driver's warnings with whole statements in them.
-    pg_config.statement_log = StatementLog::Off;
-    let store = PgEventStore::connect(&pg_config).await?;
-    store.migrate().await?;
-    drop(store);
-    let backbone = Backbone::connect(&pg_config, nats.nats_config()?).await?;
-    let raw_options =
-        sqlx::postgres::PgConnectOptions::from_str(pg.store_config()?.url.expose_secret())
-            .map_err(|source| BenchError::Postgres {
-                what: "parse the URL",
-                source,
-            })?
-            .disable_statement_logging();
-    let raw_pool = PgPoolOptions::new()
-        .max_connections(20)
-        .connect_with(raw_options)
-        .await
-        .map_err(|source| BenchError::Postgres {
-            what: "connect",
-            source,
-        })?;
-    // Open every connection before measuring: a new connection (authentication included) costs
-    // more than many appends.
-    warm_pool(&raw_pool, 20).await?;
-    load::run(
-        &backbone.store,
-        load::Load {
-            callers: 48,
-            batch: 600,
-            streams_per_caller: 1,
-            pace: None,
-            duration: Duration::from_millis(300),
+    let lab = phases::Lab::open(
+        args,
+        phases::LabSetup {
+            options,
+            pg,
+            nats,
+            run_id,
+            probe,
         },
     )
     .await?;
-    let js = edupulse_nats::jetstream_context(backbone.client.clone(), &backbone.nats);
-    let template = Arc::new(Template::new());
-    let raw_table = format!("bench_raw_{run_id}");
-    let seed_table = format!("bench_seed_{run_id}");
-    let raw_stream = format!("BENCH_RAW_{run_id}");
-    let raw_prefix = format!("bench-raw-{run_id}");
-    raw::create_raw_table(&raw_pool, &raw_table).await?;
-    raw::create_seed_table(&raw_pool, &seed_table).await?;
-    raw::create_raw_stream(&js, &raw_stream, &raw_prefix).await?;
-
-    let result = async {
-        let mut rows = Vec::new();
-        let window = backbone.nats.max_in_flight;
-        let mut row = |key: &str, label: String, m: Measured, cpu: CpuPerEvent| {
-            eprintln!("  {label}: {:.0} events/s", m.rate());
-            rows.push(Row {
-                key: key.to_owned(),
-                label,
-                events: m.events,
-                seconds: m.elapsed.as_secs_f64(),
-                rate: m.rate(),
-                vs_raw_pg: 0.0,
-                vs_raw_js: 0.0,
-                vs_seed16: 0.0,
-                cpu_client_us: cpu.client_us,
-                cpu_postgres_us: cpu.postgres_us,
-                cpu_nats_us: cpu.nats_us,
-            });
-        };
-        let measure = |before: sys::CpuSnapshot, m: &Measured| {
-            CpuPerEvent::between(before, probe.snapshot(None), m.events)
-        };
-
-        // 1 and 2: the ceilings, alone.
-        let cpu = probe.snapshot(None);
-        let m = raw::raw_insert(
-            &raw_pool,
-            &raw_table,
-            &template,
-            plan.raw_events,
-            RAW_WRITERS,
-        )
-        .await?;
-        row(
-            "raw_pg",
-            format!("1. raw PG: batched INSERT (1000/stmt, {RAW_WRITERS} conns)"),
-            m,
-            measure(cpu, &m),
-        );
-        let cpu = probe.snapshot(None);
-        let m = raw::raw_publish(&js, &raw_prefix, &template, plan.raw_events, window).await?;
-        row(
-            "raw_js",
-            format!("2. raw JetStream: pipelined acked publish + msg id ({window})"),
-            m,
-            measure(cpu, &m),
-        );
-        // 2b: the same on a server that fsyncs every write before acknowledging it.
-        if let Some(durable) = durable {
-            let client = async_nats::connect(&durable.url)
-                .await
-                .map_err(|e| BenchError::Nats {
-                    what: "connect to the syncing server",
-                    source: Box::new(e),
-                })?;
-            let durable_js = edupulse_nats::jetstream_context(client, &backbone.nats);
-            raw::create_raw_stream(&durable_js, &raw_stream, &raw_prefix).await?;
-            let durable_probe = CpuProbe {
-                postgres: None,
-                nats: Some(durable.id()),
-            };
-            let before = durable_probe.snapshot(None);
-            let m = raw::raw_publish(&durable_js, &raw_prefix, &template, plan.raw_events, window)
-                .await?;
-            row(
-                "raw_js_sync_always",
-                format!("2b. raw JetStream as 2, sync_interval: always ({window})"),
-                m,
-                CpuPerEvent::between(before, durable_probe.snapshot(None), m.events),
-            );
-        }
-        // The ceiling of the whole path: both at once.
-        let cpu = probe.snapshot(None);
-        let started = Instant::now();
-        let (a, b) = tokio::join!(
-            raw::raw_insert(
-                &raw_pool,
-                &raw_table,
-                &template,
-                plan.raw_events,
-                RAW_WRITERS
-            ),
-            raw::raw_publish(&js, &raw_prefix, &template, plan.raw_events, window),
-        );
-        a?;
-        b?;
-        let m = Measured {
-            events: plan.raw_events,
-            elapsed: started.elapsed(),
-        };
-        row(
-            "ceiling",
-            "   ceiling: batched insert + pipelined publish together".into(),
-            m,
-            measure(cpu, &m),
-        );
-
-        // 3: the seed's design.
-        let seed_subject = format!("bench-seed-{run_id}.QuizSubmitted");
-        let seed_callers: &[usize] = if plan.runs(BenchPhase::Seed) {
-            &[1, 16]
-        } else {
-            &[]
-        };
-        for &callers in seed_callers {
-            let cpu = probe.snapshot(None);
-            let m = raw::seed_design(
-                &raw_pool,
-                &backbone.client,
-                &seed_table,
-                &seed_subject,
-                callers,
-                plan.seed_cell,
-            )
-            .await?;
-            row(
-                &format!("seed_c{callers}"),
-                format!("3. seed: tx per event + core publish, {callers} callers"),
-                m,
-                measure(cpu, &m),
-            );
-        }
-
-        // 4: the store's append.
-        let batches: &[usize] = if plan.runs(BenchPhase::Store) {
-            &[1, 10, 100, 1000]
-        } else {
-            &[]
-        };
-        for &batch in batches {
-            for callers in [1usize, 16, 64] {
-                let mut cell = load::Load {
-                    callers,
-                    batch,
-                    streams_per_caller: 8,
-                    pace: None,
-                    duration: plan.store_cell / 5,
-                };
-                // Warm-up (the writers' queues, the pool, PostgreSQL's caches), not counted.
-                load::run(&backbone.store, cell).await?;
-                cell.duration = plan.store_cell;
-                let cpu = probe.snapshot(None);
-                let out = load::run(&backbone.store, cell).await?;
-                row(
-                    &format!("store_b{batch}_c{callers}"),
-                    format!(
-                        "4. store append: batch {batch:>4} x {callers:>2} callers (p99 {:.1} ms)",
-                        ms(out.latency.quantile(0.99))
-                    ),
-                    out.measured,
-                    measure(cpu, &out.measured),
-                );
-            }
-        }
-
-        // 5 and 7: catch-up.
-        let mut peak_rss = (None, "not measured");
-        if plan.runs(BenchPhase::Catchup) {
-            let mut relay_env = vec![
-                (
-                    "DATABASE_URL".to_owned(),
-                    pg.store_config()?.url.expose_secret().to_owned(),
-                ),
-                ("NATS_URL".to_owned(), nats.nats_url.join(",")),
-                ("EDUPULSE_NATS_STREAM".to_owned(), nats.nats_stream.clone()),
-                (
-                    "EDUPULSE_SUBJECT_PREFIX".to_owned(),
-                    nats.subject_prefix.clone(),
-                ),
-                (
-                    "EDUPULSE_NATS_REPLICAS".to_owned(),
-                    nats.nats_replicas.to_string(),
-                ),
-            ];
-            for (key, value) in [
-                ("NATS_CREDS", &nats.nats_creds),
-                ("NATS_NKEY", &nats.nats_nkey),
-                ("NATS_CA", &nats.nats_ca),
-            ] {
-                if let Some(v) = value {
-                    relay_env.push((key.to_owned(), v.display().to_string()));
-                }
-            }
-            if nats.nats_tls_required {
-                relay_env.push(("NATS_TLS_REQUIRED".to_owned(), "true".to_owned()));
-            }
-            eprintln!("writing a backlog of {} events…", plan.backlog);
-            let catch_up = catchup::run(catchup::CatchUpSetup {
-                backbone: &backbone,
-                raw_pool: &raw_pool,
-                template: &template,
-                backlog: plan.backlog,
-                mode: &options.relay,
-                relay_env,
-                batch_size: RELAY_BATCH,
-                name: format!("bench-catchup-{run_id}"),
-                probe,
-                timeout: plan.drain_timeout,
-            })
-            .await?;
-            row(
-                "backlog_write",
-                "5. backlog written: batched INSERT into events (2 conns)".into(),
-                catch_up.seeded,
-                CpuPerEvent::default(),
-            );
-            row(
-                "catchup",
-                format!(
-                    "5. relay catch-up: {} events, 10k aggregates ({:.0} s in all)",
-                    plan.backlog,
-                    catch_up.total.elapsed.as_secs_f64()
-                ),
-                catch_up.steady,
-                catch_up.cpu,
-            );
-            peak_rss = (catch_up.peak_rss, catch_up.rss_of);
-        }
-
-        // 6 and end to end: the relay running in this process, from the tip.
-        let mut latency = Vec::new();
-        if plan.runs(BenchPhase::Live) {
-            let relay_name = format!("bench-live-{run_id}");
-            {
-                use edupulse_ports::CheckpointStore;
-                let tip = catchup::tip(&raw_pool).await?;
-                backbone.store.save(&relay_name, tip, 0).await?;
-            }
-            // The backbone's relay, its publisher wrapped to time commit → ack per event.
-            let committed: timing::Committed = Arc::default();
-            let commit_to_ack = Arc::new(crate::latency::LatencyHistogram::default());
-            let commit_to_read = Arc::new(crate::latency::LatencyHistogram::default());
-            let store = backbone.store.clone();
-            let relay = crate::relay::Relay::new(
-                crate::relay::RelayPorts {
-                    store: store.clone(),
-                    hints: store.clone(),
-                    checkpoints: store.clone(),
-                    leases: store,
-                    publisher: Arc::new(timing::TimingPublisher {
-                        inner: Arc::new(backbone.publisher()),
-                        committed: committed.clone(),
-                        latency: commit_to_ack.clone(),
-                        read: commit_to_read.clone(),
-                    }),
-                },
-                RelayConfig {
-                    name: relay_name,
-                    batch_size: RELAY_BATCH,
-                    poll_interval: Duration::from_millis(100),
-                    ..RelayConfig::default()
-                },
-            );
-            let running = spawn_relay(relay, None).await?;
-            let stats = running.stats.clone();
-            let drain = |target: u64| {
-                let stats = stats.clone();
-                async move {
-                    let deadline = Instant::now() + plan.drain_timeout;
-                    while stats.snapshot().published < target {
-                        if Instant::now() > deadline {
-                            return Err(BenchError::Relay(format!(
-                                "the relay did not publish everything within {:?}",
-                                plan.drain_timeout
-                            )));
-                        }
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Ok(Instant::now())
-                }
-            };
-            let live = async {
-                let mut latency = Vec::new();
-                for rate in [1000.0, 5000.0] {
-                    let base = stats.snapshot().published;
-                    stats.commit_to_ack().reset();
-                    commit_to_ack.reset();
-                    commit_to_read.reset();
-                    let out = load::run_noting(
-                        &backbone.store,
-                        load::Load {
-                            callers: 256,
-                            batch: 1,
-                            streams_per_caller: 1,
-                            pace: Some(rate),
-                            duration: plan.paced,
-                        },
-                        Some(committed.clone()),
-                    )
-                    .await?;
-                    drain(base + out.measured.events).await?;
-                    let h = &commit_to_ack;
-                    let insert = stats.commit_to_ack();
-                    latency.push(LatencyRow {
-                        offered_rate: rate,
-                        achieved_rate: out.measured.rate(),
-                        p50_ms: ms(h.quantile(0.5)),
-                        p99_ms: ms(h.quantile(0.99)),
-                        max_ms: ms(h.max()),
-                        samples: h.count(),
-                        read_p50_ms: ms(commit_to_read.quantile(0.5)),
-                        read_p99_ms: ms(commit_to_read.quantile(0.99)),
-                        insert_p50_ms: ms(insert.quantile(0.5)),
-                        insert_p99_ms: ms(insert.quantile(0.99)),
-                        append_p50_ms: ms(out.latency.quantile(0.5)),
-                        append_p99_ms: ms(out.latency.quantile(0.99)),
-                    });
-                    committed
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clear();
-                    eprintln!("  commit → ack at {rate}/s: {}", h.summary());
-                    eprintln!("  insert → ack at {rate}/s: {}", insert.summary());
-                    eprintln!("  commit → read at {rate}/s: {}", commit_to_read.summary());
-                }
-                // End to end at full speed.
-                let base = stats.snapshot().published;
-                let cpu = probe.snapshot(None);
-                let started = Instant::now();
-                let out = load::run(
-                    &backbone.store,
-                    load::Load {
-                        callers: E2E_CALLERS,
-                        batch: E2E_BATCH,
-                        streams_per_caller: 64,
-                        pace: None,
-                        duration: plan.e2e,
-                    },
-                )
-                .await?;
-                let done = drain(base + out.measured.events).await?;
-                let m = Measured {
-                    events: out.measured.events,
-                    elapsed: done - started,
-                };
-                Ok::<_, BenchError>((latency, m, measure(cpu, &m)))
-            }
-            .await;
-            running.stop().await;
-            let (paced, e2e, e2e_cpu) = live?;
-            latency = paced;
-            row(
-                "e2e",
-                format!(
-                    "   end to end: append ({E2E_CALLERS} x batch {E2E_BATCH}) + relay -> acked"
-                ),
-                e2e,
-                e2e_cpu,
-            );
-        }
-
-        let mut report = BenchReport {
-            quick: args.quick,
-            event_bytes: template.encoded.len(),
-            message_bytes: template.wire_bytes,
-            rows,
-            latency,
-            relay_peak_rss_bytes: peak_rss.0,
-            relay_peak_rss_of: peak_rss.1.to_owned(),
-            targets: Vec::new(),
-            notes: notes(&plan),
-        };
-        report.compute_ratios();
-        report.targets = targets(&report);
-        Ok::<_, BenchError>(report)
-    }
-    .await;
-
-    let _ = js.delete_stream(&raw_stream).await;
-    let _ = js.delete_stream(&backbone.nats.stream_name).await;
-    let _ = js
-        .delete_stream(format!("{}_DLQ", backbone.nats.stream_name))
-        .await;
-    raw_pool.close().await;
+    let result = lab.measure(args, durable).await;
+    lab.close().await;
     result
 }
 
