@@ -1,5 +1,5 @@
 //! The behaviour every [`EventStore`], [`CheckpointStore`], [`EventPublisher`],
-//! [`LeaseProvider`] and [`CommitHints`] must have, as runnable checks.
+//! [`EventConsumer`], [`LeaseProvider`] and [`CommitHints`] must have, as runnable checks.
 //!
 //! An adapter's test suite instantiates the kit with a factory for a fresh, empty store; each
 //! check becomes its own test, so failures are named and the checks run in parallel:
@@ -11,13 +11,16 @@
 //! edupulse_ports::publisher_conformance!(my_adapter::fresh_publishers().await);
 //! edupulse_ports::lease_conformance!(my_adapter::fresh_store().await);
 //! edupulse_ports::hints_conformance!(my_adapter::fresh_store().await);
+//! // A publisher and a consumer (acknowledgement wait of a few seconds) of one fresh stream.
+//! edupulse_ports::consumer_conformance!(my_adapter::publisher_and_consumer().await);
 //! ```
 //!
 //! The in-memory fakes and the real adapters (PostgreSQL, NATS) run the same kits.
 
 use crate::{
-    CheckpointStore, CommitHints, Cursor, EventPublisher, EventStore, LeaseProvider, ParkedEvent,
-    PublishError, RecordedEvent, Release, StoreError,
+    CheckpointStore, CommitHints, ConsumeError, Cursor, Delivery, DeliveryToken, EventConsumer,
+    EventPublisher, EventStore, LeaseProvider, ParkedEvent, PublishError, RecordedEvent, Release,
+    Settlement, StoreError,
 };
 use edupulse_domain::{
     BadgeAwarded, DEFAULT_MAX_EVENT_BYTES, EventEnvelope, EventId, ExpectedVersion,
@@ -823,6 +826,120 @@ macro_rules! hints_conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_hint_follows_a_commit() {
                 $crate::conformance::a_hint_follows_a_commit(&$factory).await;
+            }
+        }
+    };
+}
+
+/// Receives until `wanted` deliveries arrived (or 30 s passed), settling none.
+async fn receive<C: EventConsumer + ?Sized>(consumer: &mut C, wanted: usize) -> Vec<Delivery> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut got = Vec::new();
+    while got.len() < wanted && std::time::Instant::now() < deadline {
+        got.extend(
+            consumer
+                .next_batch(wanted - got.len(), std::time::Duration::from_millis(200))
+                .await
+                .expect("next batch"),
+        );
+    }
+    assert_eq!(got.len(), wanted, "deliveries within 30 s");
+    got
+}
+
+/// [`EventConsumer`]: an acknowledged delivery never comes back, a retried one comes back as the
+/// next attempt, a dead-lettered one never comes back; an unknown token is refused.
+pub async fn ack_retry_and_dead_letter<P, C>(publisher: &P, consumer: &mut C)
+where
+    P: EventPublisher + ?Sized,
+    C: EventConsumer + ?Sized,
+{
+    let events = publishable(3, 1);
+    assert!(publisher.publish(&events).await.iter().all(Result::is_ok));
+    let first = receive(consumer, 3).await;
+    assert!(
+        first
+            .iter()
+            .all(|d| d.attempt == 1 && d.stream_version == Some(1))
+    );
+    let id = |d: &Delivery| d.envelope.id;
+    let (acked, retried, dead) = (id(&first[0]), id(&first[1]), id(&first[2]));
+    let settle = [
+        Settlement::Ack,
+        Settlement::Retry {
+            delay: std::time::Duration::from_millis(100),
+        },
+        Settlement::DeadLetter {
+            reason: "conformance: given up".into(),
+        },
+    ];
+    for (delivery, settlement) in first.iter().zip(settle) {
+        consumer
+            .settle(delivery.token, settlement)
+            .await
+            .expect("settle");
+    }
+    let again = receive(consumer, 1).await;
+    assert_eq!(id(&again[0]), retried, "only the retried event comes back");
+    assert_eq!(again[0].attempt, 2);
+    consumer
+        .settle(again[0].token, Settlement::Ack)
+        .await
+        .expect("ack");
+    let quiet = consumer
+        .next_batch(10, std::time::Duration::from_millis(500))
+        .await
+        .expect("next batch");
+    assert!(
+        quiet.iter().all(|d| id(d) != acked && id(d) != dead),
+        "an acknowledged or dead-lettered event came back"
+    );
+    assert!(matches!(
+        consumer
+            .settle(DeliveryToken::new(u64::MAX), Settlement::Ack)
+            .await,
+        Err(ConsumeError::UnknownDelivery)
+    ));
+}
+
+/// [`EventConsumer`]: a delivery left unsettled (its acknowledgement lost) is delivered again.
+/// The consumer must wait at most a few seconds for an acknowledgement.
+pub async fn redelivery_after_a_lost_ack<P, C>(publisher: &P, consumer: &mut C)
+where
+    P: EventPublisher + ?Sized,
+    C: EventConsumer + ?Sized,
+{
+    let events = publishable(1, 1);
+    assert!(publisher.publish(&events).await.iter().all(Result::is_ok));
+    let first = receive(consumer, 1).await;
+    let again = receive(consumer, 1).await;
+    assert_eq!(again[0].envelope.id, first[0].envelope.id);
+    assert!(again[0].attempt > first[0].attempt);
+    consumer
+        .settle(again[0].token, Settlement::Ack)
+        .await
+        .expect("ack");
+}
+
+/// Instantiates the [`EventConsumer`] checks, each a `#[tokio::test]`. The argument is an
+/// expression (it may `.await`) giving a publisher and a consumer of one fresh, empty broker
+/// stream; the consumer waits at most a few seconds for an acknowledgement.
+#[macro_export]
+macro_rules! consumer_conformance {
+    ($pair:expr) => {
+        mod consumer_conformance {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ack_retry_and_dead_letter() {
+                let (publisher, mut consumer) = $pair;
+                $crate::conformance::ack_retry_and_dead_letter(&publisher, &mut consumer).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redelivery_after_a_lost_ack() {
+                let (publisher, mut consumer) = $pair;
+                $crate::conformance::redelivery_after_a_lost_ack(&publisher, &mut consumer).await;
             }
         }
     };

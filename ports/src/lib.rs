@@ -45,6 +45,7 @@
 //! edupulse_ports::checkpoint_conformance!(my_store::fresh().await);
 //! edupulse_ports::lease_conformance!(my_store::fresh().await);
 //! edupulse_ports::hints_conformance!(my_store::fresh().await);
+//! edupulse_ports::consumer_conformance!(my_broker::publisher_and_consumer().await);
 //! // two publishers (two processes) over one fresh, empty broker stream
 //! edupulse_ports::publisher_conformance!(my_broker::two_fresh_publishers().await);
 //! ```

@@ -487,7 +487,9 @@ struct BrokerState {
 struct ConsumerState {
     next: usize,
     redeliver: VecDeque<(usize, u64)>,
-    pending: HashMap<u64, (usize, u64)>,
+    /// Unsettled deliveries: message index, attempt, when it is delivered again if still
+    /// unsettled (a lost acknowledgement).
+    pending: HashMap<u64, (usize, u64, std::time::Instant)>,
     attempts: HashMap<usize, u64>,
     tokens: u64,
     dead_letters: Vec<(RecordedEvent, String)>,
@@ -543,8 +545,15 @@ impl InMemoryBroker {
 
     /// A consumer of the stored messages (one durable consumer per broker).
     pub fn consumer(&self) -> InMemoryConsumer {
+        self.consumer_with_ack_wait(Duration::from_secs(30))
+    }
+
+    /// A consumer that delivers a message again when it is not settled within `ack_wait` (as
+    /// JetStream does after a lost acknowledgement).
+    pub fn consumer_with_ack_wait(&self, ack_wait: Duration) -> InMemoryConsumer {
         InMemoryConsumer {
             state: self.state.clone(),
+            ack_wait,
         }
     }
 }
@@ -651,6 +660,7 @@ fn publish_one(state: &mut BrokerState, event: &RecordedEvent) -> PublishResult 
 /// The durable consumer of an [`InMemoryBroker`]. Retry delays are not waited for.
 pub struct InMemoryConsumer {
     state: Arc<Mutex<BrokerState>>,
+    ack_wait: Duration,
 }
 
 #[async_trait]
@@ -664,6 +674,19 @@ impl EventConsumer for InMemoryConsumer {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
             let mut batch = Vec::new();
+            let now = std::time::Instant::now();
+            let expired: Vec<u64> = state
+                .consumer
+                .pending
+                .iter()
+                .filter(|(_, (_, _, due))| *due <= now)
+                .map(|(token, _)| *token)
+                .collect();
+            for token in expired {
+                if let Some((index, attempt, _)) = state.consumer.pending.remove(&token) {
+                    state.consumer.redeliver.push_back((index, attempt));
+                }
+            }
             while batch.len() < max {
                 let index = if let Some((index, _)) = state.consumer.redeliver.pop_front() {
                     index
@@ -678,7 +701,10 @@ impl EventConsumer for InMemoryConsumer {
                 let attempt = *attempt;
                 state.consumer.tokens += 1;
                 let token = state.consumer.tokens;
-                state.consumer.pending.insert(token, (index, attempt));
+                state
+                    .consumer
+                    .pending
+                    .insert(token, (index, attempt, now + self.ack_wait));
                 let m = &state.messages[index];
                 batch.push(Delivery {
                     envelope: m.envelope.clone(),
@@ -702,7 +728,7 @@ impl EventConsumer for InMemoryConsumer {
         settlement: Settlement,
     ) -> Result<(), ConsumeError> {
         let mut state = lock(&self.state);
-        let (index, attempt) = state
+        let (index, attempt, _) = state
             .consumer
             .pending
             .remove(&token.raw())
@@ -730,6 +756,11 @@ mod tests {
     crate::checkpoint_conformance!(InMemoryEventStore::new());
     crate::lease_conformance!(InMemoryEventStore::new());
     crate::hints_conformance!(InMemoryEventStore::new());
+    crate::consumer_conformance!({
+        let broker = InMemoryBroker::new();
+        let consumer = broker.consumer_with_ack_wait(Duration::from_secs(1));
+        (broker, consumer)
+    });
     crate::publisher_conformance!({
         let broker = InMemoryBroker::new();
         (broker.clone(), broker)

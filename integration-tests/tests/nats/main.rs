@@ -15,3 +15,4 @@ mod support;
 mod throughput;
 
 edupulse_ports::publisher_conformance!(crate::support::fresh_publishers().await);
+edupulse_ports::consumer_conformance!(crate::support::publisher_and_consumer().await);

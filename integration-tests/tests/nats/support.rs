@@ -37,6 +37,20 @@ pub(crate) async fn fresh_publishers() -> (NatsPublisher, NatsPublisher) {
     (a, b)
 }
 
+/// A publisher and a durable consumer (acknowledgement wait 2 s) of one fresh stream of the
+/// shared server: what the consumer conformance kit needs.
+pub(crate) async fn publisher_and_consumer() -> (NatsPublisher, edupulse_nats::NatsConsumer) {
+    let nats = edupulse_integration_tests::shared_nats().await;
+    let config = config(vec![nats.url()], "consumer-kit");
+    let (client, publisher) = setup(&config).await;
+    let mut options = edupulse_nats::ConsumerOptions::new("kit");
+    options.ack_wait = Duration::from_secs(2);
+    let consumer = edupulse_nats::NatsConsumer::create(client, &config, options)
+        .await
+        .expect("create the consumer");
+    (publisher, consumer)
+}
+
 /// Connects and provisions (retrying while JetStream is not ready, as in a fresh cluster).
 pub(crate) async fn setup(config: &NatsConfig) -> (async_nats::Client, NatsPublisher) {
     let client = connect(config).await.expect("connect");
