@@ -66,6 +66,9 @@ pub mod conformance;
 #[cfg(feature = "test-util")]
 pub mod memory;
 
+/// mockall mocks of the ports (feature `mocks`), for interactions a fake cannot check.
+#[cfg(feature = "mocks")]
+pub use checkpoint::MockCheckpointStore;
 pub use checkpoint::{Checkpoint, CheckpointStore, ParkedEvent, Release};
 pub use consumer::{
     ConsumeError, Delivery, DeliveryToken, EventConsumer, EventHandler, HandlerError, RetryPolicy,
@@ -73,8 +76,12 @@ pub use consumer::{
 };
 pub use error::{BoxError, PublishError, StoreError};
 pub use lease::{Lease, LeaseProvider};
+#[cfg(feature = "mocks")]
+pub use publisher::MockEventPublisher;
 pub use publisher::{EventPublisher, PublishAck, PublishResult};
 pub use store::{
     AppendOutcome, AppendedEvent, CommitHints, Cursor, EventAppender, EventReader, EventStore,
     FollowedRow, RecordedEvent, StoreHead, UndecodableRow, validate_batch,
 };
+#[cfg(feature = "mocks")]
+pub use store::{MockEventAppender, MockEventReader};

@@ -347,3 +347,67 @@ fn backoff_is_bounded_and_jittered() {
         assert!(d >= c.backoff_min && d <= c.backoff_max, "{d:?}");
     }
 }
+
+/// An interaction only a mock can check: however the publisher fails, every checkpoint the
+/// relay saves (while running and at its graceful stop) is at or before the last event that
+/// was acknowledged in order. Here the second of three events of one stream keeps failing.
+#[tokio::test]
+async fn never_saves_a_checkpoint_past_a_failed_event() {
+    use edupulse_ports::{MockCheckpointStore, MockEventPublisher, PublishAck, PublishError};
+    let store = InMemoryEventStore::new();
+    append_events(&store, 1, 3).await;
+    let events = store.all_events();
+    let (first, failing) = (events[0].cursor, events[1].envelope.id);
+
+    let mut publisher = MockEventPublisher::new();
+    publisher.expect_publish().returning(move |batch| {
+        let mut failed = false;
+        batch
+            .iter()
+            .map(|e| {
+                if failed {
+                    Err(PublishError::NotAttempted)
+                } else if e.envelope.id == failing {
+                    failed = true;
+                    Err(PublishError::Unavailable("the broker keeps failing".into()))
+                } else {
+                    Ok(PublishAck {
+                        duplicate: false,
+                        sequence: e.position(),
+                    })
+                }
+            })
+            .collect()
+    });
+    let mut checkpoints = MockCheckpointStore::new();
+    checkpoints.expect_load().returning(|_| Ok(None));
+    checkpoints.expect_parked().returning(|_| Ok(Vec::new()));
+    checkpoints
+        .expect_save()
+        .withf(move |_, cursor, _| *cursor <= first)
+        .returning(|_, _, _| Ok(()));
+
+    let ports = RelayPorts {
+        checkpoints: Arc::new(checkpoints),
+        publisher: Arc::new(publisher),
+        ..ports(&store, &InMemoryBroker::new())
+    };
+    let relay = Arc::new(Relay::new(ports, config()));
+    let (stop, handle) = spawn(relay.clone());
+    for _ in 0..200 {
+        if relay.stats().snapshot().retries >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        relay.stats().snapshot().retries >= 3,
+        "the failure was retried"
+    );
+    stop.cancel();
+    // A save past the failed event would have failed the mock's expectation in the relay's task.
+    handle
+        .await
+        .expect("the relay stopped without an unexpected save");
+    assert_eq!(relay.stats().snapshot().published, 1);
+}
