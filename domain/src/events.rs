@@ -180,6 +180,24 @@ impl UnknownEvent {
 }
 
 /// Every domain event of EduPulse, plus [`DomainEvent::Unknown`] for the tolerant reader.
+///
+/// ```
+/// use edupulse_domain::{DomainEvent, EventEnvelope, QuizSubmitted, Score, Uuid};
+/// let quiz = QuizSubmitted::new(
+///     Uuid::new_v4(),
+///     Uuid::new_v4(),
+///     Score::new(8.0).unwrap(),
+///     Score::new(10.0).unwrap(),
+/// )
+/// .unwrap();
+/// let envelope = EventEnvelope::new(quiz);
+/// // A consumer decodes what it reads and matches on the type; unknown types are kept, not lost.
+/// match EventEnvelope::decode(&envelope.encode()).unwrap().event {
+///     DomainEvent::QuizSubmitted(q) => assert_eq!(q.score().value(), 8.0),
+///     DomainEvent::Unknown(u) => println!("kept {} as it was", u.event_type()),
+///     _ => {}
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum DomainEvent {

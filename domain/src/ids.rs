@@ -59,6 +59,15 @@ uuid_id!(
 
 uuid_id!(
     /// The id of a stream: the aggregate (lesson, quiz, invoice…) whose events it orders.
+    ///
+    /// ```
+    /// use edupulse_domain::{StreamId, Uuid};
+    /// // An aggregate's events share its id as their stream: a lesson's, for example.
+    /// let lesson = Uuid::new_v4();
+    /// let stream = StreamId::from_uuid(lesson);
+    /// assert_eq!(stream.as_uuid(), &lesson);
+    /// assert_eq!(stream.to_string().parse::<StreamId>().unwrap(), stream);
+    /// ```
     StreamId
 );
 

@@ -55,6 +55,14 @@ pub use values::{AmountCents, LessonTitle, Score};
 /// What an append expects of the stream's current version: optimistic concurrency control.
 ///
 /// Stream versions start at 1 for the first event of a stream and are contiguous.
+///
+/// ```
+/// use edupulse_domain::ExpectedVersion;
+/// // The first event of a new aggregate, then one appended after reading version 3.
+/// let create = ExpectedVersion::NoStream;
+/// let update = ExpectedVersion::Exact(3);
+/// assert_ne!(create, update);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExpectedVersion {
     /// Append whatever the stream's current version is.

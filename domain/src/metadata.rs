@@ -133,6 +133,20 @@ impl TraceParent {
 ///
 /// On the wire this is one flat JSON object (as in the seed). A well-known key whose value does not
 /// validate is kept, untouched, among the extras: reading old data never fails on metadata.
+///
+/// ```
+/// use edupulse_domain::{ContextId, Metadata, TraceParent};
+/// let metadata = Metadata {
+///     correlation_id: Some(ContextId::new("req-42").unwrap()),
+///     traceparent: Some(
+///         TraceParent::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap(),
+///     ),
+///     ..Metadata::default()
+/// };
+/// let json = metadata.to_json();
+/// assert_eq!(json["correlation_id"], "req-42");
+/// assert_eq!(Metadata::from_json(json.into()), metadata);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Metadata {
     /// Correlation id (`correlation_id`).

@@ -22,6 +22,13 @@ pub(crate) fn check_text(
 }
 
 /// The title of a lesson: 1 to [`LessonTitle::MAX_CHARS`] characters, not blank, one line.
+///
+/// ```
+/// use edupulse_domain::LessonTitle;
+/// assert_eq!(LessonTitle::new("Ownership 101").unwrap().as_str(), "Ownership 101");
+/// assert!(LessonTitle::new("   ").is_err());
+/// assert!(LessonTitle::new("two\nlines").is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct LessonTitle(String);
@@ -60,6 +67,13 @@ impl<'de> Deserialize<'de> for LessonTitle {
 }
 
 /// A quiz score or maximum score: a finite, non-negative number.
+///
+/// ```
+/// use edupulse_domain::Score;
+/// assert_eq!(Score::new(0.8).unwrap().value(), 0.8);
+/// assert!(Score::new(-1.0).is_err());
+/// assert!(Score::new(f32::NAN).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
 #[serde(transparent)]
 pub struct Score(f32);
@@ -97,6 +111,12 @@ impl<'de> Deserialize<'de> for Score {
 }
 
 /// An amount of money in cents: never negative (refunds are events of their own).
+///
+/// ```
+/// use edupulse_domain::AmountCents;
+/// assert_eq!(AmountCents::new(4_990).unwrap().cents(), 4_990);
+/// assert!(AmountCents::new(-1).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct AmountCents(i64);
