@@ -88,7 +88,7 @@ pub fn dlq_stream_subjects(dlq_prefix: &str) -> Vec<String> {
 
 /// The header names as values built at compile time: a name given as `&str` is copied into a
 /// new allocation for every message, and headers were the largest part of the relay's CPU per
-/// event (profile in issue 8).
+/// event (in a profile).
 mod names {
     use super::headers;
     use async_nats::header::HeaderName;

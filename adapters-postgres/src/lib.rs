@@ -16,7 +16,8 @@
 //! Positions (`position bigint GENERATED ALWAYS AS IDENTITY`) are handed out when rows are
 //! inserted, not when their transactions commit: a transaction holding position 10 can commit
 //! after one holding 11, and a follower checkpointing "up to 11" would never see 10. Filtering on
-//! `position` with a snapshot bound is not enough either (issue 4 explains the trap).
+//! `position` with a snapshot bound is not enough either: a transaction that took its position
+//! early can still commit after a reader passed that position.
 //!
 //! So every row also carries a `commit_key` and the order, and the [`Cursor`], is
 //! `(commit_key, position)`:

@@ -1,4 +1,4 @@
-//! `bench`: throughput and latency measured against the machine's own ceilings (issue 8).
+//! `bench`: throughput and latency measured against the machine's own ceilings.
 //!
 //! Figures on a shared 2-core machine are noisy, so everything is measured in **one run against
 //! the same servers** and read as ratios: the store and the relay against raw batched inserts

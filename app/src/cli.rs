@@ -238,7 +238,7 @@ pub struct RelayArgs {
     pub lease_renew_ms: Option<u64>,
     /// Runtime worker threads. The relay is one pipeline (read, then publish with acks
     /// pipelined), so one thread is enough to saturate a broker; more threads only add
-    /// cross-thread wake-ups and per-thread allocator memory (measured in issue 8).
+    /// cross-thread wake-ups and per-thread allocator memory (measured by the bench).
     #[arg(long, env = "EDUPULSE_RELAY_THREADS", default_value_t = 1)]
     pub threads: usize,
 }

@@ -50,7 +50,7 @@ pub async fn serve(
 /// Drains the recorder's histogram samples into their buckets every few seconds. The recorder
 /// keeps every sample recorded until it is drained, which otherwise happens only when /metrics is
 /// scraped: a relay nobody scrapes grew by about 10 bytes per event published (found as RSS
-/// growing with the backlog during the issue 8 catch-up bench).
+/// growing with the backlog during a catch-up).
 async fn upkeep(prometheus: PrometheusHandle, shutdown: CancellationToken) {
     loop {
         tokio::select! {

@@ -308,7 +308,7 @@ impl RawEnvelope {
 /// [`StoredEnvelope::into_envelope`] applies the rules of [`RawEnvelope::into_envelope`] and gives
 /// the same result, but a known type at its current schema version (nearly every stored event)
 /// is decoded straight from the text into its type, without first building a
-/// `serde_json::Value` tree: that tree was the largest single cost of reading events (issue 8).
+/// `serde_json::Value` tree: that tree was the largest single cost of reading events in a profile.
 #[derive(Debug, Clone, Copy)]
 pub struct StoredEnvelope<'a> {
     /// Event id.

@@ -227,7 +227,7 @@ impl Serialize for Metadata {
     /// Writes the flat object: the extras and the typed keys, merged in sorted key order (the
     /// order of a `serde_json::Map`), a typed value winning over an extra of the same key.
     /// Written directly rather than through a map: cloning the extras into a map for every event
-    /// was a measurable part of the relay's CPU (issue 8).
+    /// was a measurable part of the relay's CPU in a profile.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         // The well-known keys in sorted order; a typed value wins over an extra of the same key.
