@@ -1,7 +1,7 @@
 //! Command-line interface: every option has an environment variable fallback and a `--help` text.
 
 use crate::telemetry::LogFormat;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -198,12 +198,6 @@ pub enum Command {
         #[arg(long, env = "EDUPULSE_RELAY_NAME", default_value = "default")]
         name: String,
     },
-    /// The whole path end to end: starts PostgreSQL and NATS in Docker unless DATABASE_URL and
-    /// NATS_URL are set, migrates, runs the relay, appends a realistic workload concurrently,
-    /// consumes everything and checks it arrived exactly once and in order.
-    Demo(DemoArgs),
-    /// Measure throughput and latency against the machine's own ceilings (see the README).
-    Bench(BenchArgs),
 }
 
 /// Options of `relay`.
@@ -287,60 +281,6 @@ pub struct ReadArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub limit: Option<u64>,
-}
-
-/// Options of `demo`.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// PostgreSQL options (leave DATABASE_URL unset to use Docker).
-    #[command(flatten)]
-    pub pg: PgArgs,
-    /// NATS options (leave NATS_URL unset to use Docker).
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// Events to append.
-    #[arg(long, default_value_t = 20_000)]
-    pub events: u64,
-    /// Concurrent writers.
-    #[arg(long, default_value_t = 16)]
-    pub writers: usize,
-}
-
-/// Options of `bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// PostgreSQL options (leave DATABASE_URL unset to use Docker).
-    #[command(flatten)]
-    pub pg: PgArgs,
-    /// NATS options (leave NATS_URL unset to use Docker).
-    #[command(flatten)]
-    pub nats: NatsArgs,
-    /// A small run to check the command works (CI), not to measure.
-    #[arg(long)]
-    pub quick: bool,
-    /// Events in the relay catch-up backlog.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub backlog: u64,
-    /// Run only these phases (comma-separated), to iterate on one figure. The raw ceilings
-    /// (rows 1 and 2) always run, since every ratio is taken against them.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<BenchPhase>,
-    /// Where to write the JSON report and the SVG chart.
-    #[arg(long, default_value = "target/bench")]
-    pub out: PathBuf,
-}
-
-/// A phase of `bench` that can be selected with `--only`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BenchPhase {
-    /// Row 3: the seed's design.
-    Seed,
-    /// Row 4: the store's append, every batch size and caller count.
-    Store,
-    /// Rows 5 and 7: the relay catching up from the backlog, and its peak RSS.
-    Catchup,
-    /// Row 6 and end to end: commit → ack at paced rates, then append + relay at full speed.
-    Live,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use edupulse_app::cli::{Cli, Command};
 use edupulse_app::relay::ReplayMode;
-use edupulse_app::{bench, commands, demo, telemetry};
+use edupulse_app::{commands, telemetry};
 use edupulse_ports::Release;
 use std::process::ExitCode;
 
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", telemetry::error_line(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -79,14 +79,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => commands::release(&pg, &name, &stream, release_of(skip))
             .await
             .context("release")?,
-        Command::Demo(args) => {
-            let report = demo::run(&args).await.context("demo")?;
-            demo::print(&report);
-            if !report.passed() {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        Command::Bench(args) => bench::run(&args).await.context("bench")?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -101,21 +93,4 @@ fn replay_mode(force: bool) -> ReplayMode {
 
 fn release_of(skip: bool) -> Release {
     if skip { Release::Skip } else { Release::Retry }
-}
-
-/// The error chain on one line ("relay: PostgreSQL: event store unavailable: …"). Drivers often
-/// repeat their source in their own message; a cause already at the end of the line is skipped.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.ends_with(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }

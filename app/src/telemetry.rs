@@ -120,3 +120,22 @@ fn describe() {
     );
     describe_counter!("edupulse_append_errors_total", "Failed appends, by kind.");
 }
+
+/// An error and its causes on one line ("relay: PostgreSQL: event store unavailable: …"), for a
+/// binary's last word. Drivers often repeat their source in their own message; a cause already at
+/// the end of the line is skipped.
+pub fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        next = cause.source();
+    }
+    line
+}

@@ -1,10 +1,11 @@
-//! Bench smoke suite: `edupulse-events bench --quick` runs end to end against the harness's
+//! Bench smoke suite: `edupulse-lab bench --quick` runs end to end against the harness's
 //! PostgreSQL and NATS and writes its outputs. It checks that the command works, never how fast:
 //! figures from a quick run on a shared CI machine mean nothing.
 
-use edupulse_app::bench::{self, BenchOptions, RelayMode};
-use edupulse_app::cli::{BenchArgs, NatsArgs, PgArgs};
+use edupulse_app::cli::{NatsArgs, PgArgs};
 use edupulse_integration_tests::{fresh_database, shared_nats, unique_name};
+use edupulse_lab::bench::{self, BenchOptions, RelayMode};
+use edupulse_lab::cli::BenchArgs;
 use secrecy::SecretString;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,7 +89,7 @@ async fn consume_all(backbone: &Backbone, ids: &HashSet<EventId>) -> (HashMap<Ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_workload_arrives_exactly_once_in_stream_order() {
     let (pg, nats) = configs().await;
-    let report = edupulse_app::demo::run_against(&pg, nats, 3_000, 8)
+    let report = edupulse_lab::demo::run_against(&pg, nats, 3_000, 8)
         .await
         .expect("demo runs");
     assert_eq!(report.appended, 3_000);

@@ -4,7 +4,7 @@
 
 use super::BenchError;
 use super::raw::{Measured, join_all};
-use crate::latency::LatencyHistogram;
+use edupulse_app::latency::LatencyHistogram;
 use edupulse_domain::{ExpectedVersion, StreamId};
 use edupulse_ports::EventAppender;
 use edupulse_postgres::PgEventStore;

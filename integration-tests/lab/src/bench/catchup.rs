@@ -10,15 +10,15 @@
 //!
 //! The relay starts from a checkpoint saved at the tip before the backlog was written, and is
 //! caught up when its saved checkpoint reaches the tip after it. It runs in a process of its own
-//! (`edupulse-events relay`), so its peak resident size (`VmHWM`) is its own; in-process (tests)
+//! (`edupulse-lab relay`, the production relay's code), so its peak resident size (`VmHWM`) is its own; in-process (tests)
 //! the bench's own peak is reported instead, and labelled so.
 
 use super::BenchError;
 use super::raw::{Measured, ROWS_PER_STATEMENT, join_all};
 use super::sys::{self, CpuPerEvent, CpuProbe};
 use super::workload::{Rows, Template, UNNEST};
-use crate::relay::RelayConfig;
-use crate::wiring::{Backbone, spawn_relay};
+use edupulse_app::relay::RelayConfig;
+use edupulse_app::wiring::{Backbone, spawn_relay};
 use edupulse_domain::Uuid;
 use edupulse_ports::{CheckpointStore, Cursor};
 use sqlx::PgPool;

@@ -3,8 +3,8 @@
 //! with JetStream's acknowledgement. The relay's own histogram starts earlier, at the row's
 //! `recorded_at` (the insert, before the WAL flush), so it includes the commit itself.
 
-use crate::latency::LatencyHistogram;
 use async_trait::async_trait;
+use edupulse_app::latency::LatencyHistogram;
 use edupulse_domain::{EventId, StreamId};
 use edupulse_ports::{EventPublisher, PublishError, PublishResult, RecordedEvent};
 use std::collections::HashMap;

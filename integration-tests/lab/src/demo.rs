@@ -7,9 +7,9 @@
 
 use crate::cli::DemoArgs;
 use crate::docker::{BrokerSync, LocalServers};
-use crate::latency::{LatencyHistogram, ms};
-use crate::relay::RelayConfig;
-use crate::wiring::{Backbone, WiringError, spawn_relay};
+use edupulse_app::latency::{LatencyHistogram, ms};
+use edupulse_app::relay::RelayConfig;
+use edupulse_app::wiring::{Backbone, WiringError, spawn_relay};
 use edupulse_domain::{
     Actor, AmountCents, BadgeAwarded, ContextId, DomainEvent, EventEnvelope, EventId,
     ExpectedVersion, LessonPublished, LessonTitle, Metadata, PaymentProcessed, QuizSubmitted,

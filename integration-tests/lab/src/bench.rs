@@ -42,7 +42,7 @@ pub use report::BenchReport;
 
 use crate::cli::{BenchArgs, BenchPhase};
 use crate::docker::{BrokerSync, DockerError, LocalNats, LocalServers};
-use crate::wiring::WiringError;
+use edupulse_app::wiring::WiringError;
 use edupulse_domain::Uuid;
 use edupulse_ports::StoreError;
 use report::Target;
@@ -293,13 +293,13 @@ const RAW_WRITERS: usize = 4;
 const E2E_CALLERS: usize = 64;
 const E2E_BATCH: usize = 10;
 /// The relay's page size (the `relay` command's default).
-const RELAY_BATCH: usize = crate::relay::DEFAULT_BATCH_SIZE;
+const RELAY_BATCH: usize = edupulse_app::relay::DEFAULT_BATCH_SIZE;
 
 async fn run_phases(
     args: &BenchArgs,
     options: &BenchOptions,
-    pg: &crate::cli::PgArgs,
-    nats: &crate::cli::NatsArgs,
+    pg: &edupulse_app::cli::PgArgs,
+    nats: &edupulse_app::cli::NatsArgs,
     run_id: &str,
     probe: &CpuProbe,
     durable: Option<&LocalNats>,
@@ -348,7 +348,7 @@ fn notes(plan: &Plan) -> Vec<String> {
             plan.backlog
         ),
         "catch-up is timed from the relay's first saved checkpoint (after its first page) to \
-         caught up; the relay runs as `edupulse-events relay` in its own process unless noted"
+         caught up; the relay (the code of `edupulse-events relay`) runs in its own process unless noted"
             .into(),
         "commit → ack runs from the moment `append` returned (committed) to the moment the \
          relay's publish returned with JetStream's ack; insert → ack (the relay's own metric) \

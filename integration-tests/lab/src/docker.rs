@@ -197,12 +197,17 @@ fn on_volume(host_config: &mut HostConfig, path: &str) {
     });
 }
 
-fn build_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-images.sh")
+/// The image build script: the embedded recipes, written out (see [`crate::recipes`]).
+fn build_script() -> Result<PathBuf, DockerError> {
+    let root = crate::recipes::default_root();
+    crate::recipes::write_to(&root).map_err(|e| DockerError::Build {
+        script: root.display().to_string(),
+        output: format!("cannot write the image recipes: {e}"),
+    })
 }
 
 async fn build_images() -> Result<(), DockerError> {
-    let script = build_script();
+    let script = build_script()?;
     let output = tokio::process::Command::new("bash")
         .arg(&script)
         .stdin(std::process::Stdio::null())

@@ -10,12 +10,13 @@ use super::{
     BenchError, BenchOptions, E2E_BATCH, E2E_CALLERS, Plan, RAW_WRITERS, RELAY_BATCH, catchup,
     load, notes, targets, timing, warm_pool,
 };
-use crate::cli::{BenchArgs, BenchPhase, NatsArgs, PgArgs};
+use crate::cli::{BenchArgs, BenchPhase};
 use crate::docker::LocalNats;
-use crate::latency::ms;
-use crate::relay::RelayConfig;
-use crate::wiring::{Backbone, spawn_relay};
 use async_nats::jetstream;
+use edupulse_app::cli::{NatsArgs, PgArgs};
+use edupulse_app::latency::ms;
+use edupulse_app::relay::RelayConfig;
+use edupulse_app::wiring::{Backbone, spawn_relay};
 use edupulse_postgres::{PgEventStore, PgStoreConfig, StatementLog};
 use secrecy::ExposeSecret;
 use sqlx::ConnectOptions;
@@ -453,11 +454,11 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
         }
         // The backbone's relay, its publisher wrapped to time commit → ack per event.
         let committed: timing::Committed = Arc::default();
-        let commit_to_ack = Arc::new(crate::latency::LatencyHistogram::default());
-        let commit_to_read = Arc::new(crate::latency::LatencyHistogram::default());
+        let commit_to_ack = Arc::new(edupulse_app::latency::LatencyHistogram::default());
+        let commit_to_read = Arc::new(edupulse_app::latency::LatencyHistogram::default());
         let store = lab.backbone.store.clone();
-        let relay = crate::relay::Relay::new(
-            crate::relay::RelayPorts {
+        let relay = edupulse_app::relay::Relay::new(
+            edupulse_app::relay::RelayPorts {
                 store: store.clone(),
                 hints: store.clone(),
                 checkpoints: store.clone(),
