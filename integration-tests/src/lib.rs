@@ -19,6 +19,8 @@
 //! - [`Forwarder`]: a TCP forwarder on 127.0.0.1 giving one client a path (a port) of its own
 //!   to a server, to cut that client alone (packets dropped on its port, or
 //!   [`Forwarder::silence`]).
+//! - [`checker`]: the history of a run and its verdict (lost, duplicated, redelivered,
+//!   reordered, unexpected), defined once, used by the demo and by every suite.
 //! - [`start_nats_cluster`]: a 3-node JetStream cluster on a user-defined Docker
 //!   network whose nodes can be stopped and started one by one ([`NatsCluster`]).
 //!
@@ -75,6 +77,7 @@
 //! `async_nats::ConnectOptions::new().ignore_discovered_servers()`
 //! (as [`NatsCluster::connect`] does).
 
+pub mod checker;
 pub mod cleanup;
 pub mod cluster;
 pub mod docker;

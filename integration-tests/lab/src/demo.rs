@@ -15,11 +15,12 @@ use edupulse_domain::{
     ExpectedVersion, LessonPublished, LessonTitle, Metadata, PaymentProcessed, QuizSubmitted,
     Score, StreamId, TraceParent, Uuid,
 };
+use edupulse_integration_tests::checker::{self, Consumed, Figures, History};
 use edupulse_ports::{EventAppender, EventConsumer, Settlement, StoreError};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use secrecy::SecretString;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,14 +35,9 @@ pub struct DemoReport {
     pub conflicts_retried: u64,
     /// Distinct appended events received by the consumer.
     pub received: u64,
-    /// Appended events never received.
-    pub lost: u64,
-    /// Events received more than once.
-    pub duplicated: u64,
-    /// Events received out of their stream's order.
-    pub reordered: u64,
-    /// Received events that were never appended by this run.
-    pub unexpected: u64,
+    /// The checker's verdict (the same as every fault suite's): lost, duplicated, redelivered,
+    /// reordered, unexpected, judged on the broker's own stream and on the consumer.
+    pub verdict: Figures,
     /// Time spent appending.
     pub append_time: Duration,
     /// From the first append to the last event received.
@@ -59,11 +55,7 @@ pub struct DemoReport {
 impl DemoReport {
     /// Whether everything arrived exactly once, in order.
     pub fn passed(&self) -> bool {
-        self.appended > 0
-            && self.lost == 0
-            && self.duplicated == 0
-            && self.reordered == 0
-            && self.unexpected == 0
+        self.appended > 0 && self.verdict.kept_the_guarantees()
     }
 }
 
@@ -139,21 +131,16 @@ pub async fn run_against(
     // The consumer runs concurrently with the writers.
     // Set once the writers are done, to the number of events they appended.
     let (done_tx, done_rx) = tokio::sync::watch::channel::<Option<u64>>(None);
-    let appended_ids = Arc::new(std::sync::Mutex::new(
-        HashMap::<EventId, (StreamId, u64)>::new(),
-    ));
+    let history = History::new();
     let consumer_run_id = run_id.clone();
     let consumed = tokio::spawn(async move {
         let run_id = consumer_run_id;
-        let mut received: HashMap<EventId, u32> = HashMap::new();
-        let mut last_version: HashMap<StreamId, u64> = HashMap::new();
-        let mut reordered = 0u64;
-        let mut other = 0u64;
+        let mut received = Consumed::default();
         let mut idle_since = Instant::now();
         // Ends when every appended event arrived, or after 60 s without progress.
         loop {
             let done = *done_rx.borrow();
-            if done.is_some_and(|n| received.len() as u64 >= n)
+            if done.is_some_and(|n| received.distinct() as u64 >= n)
                 || idle_since.elapsed() > Duration::from_secs(60)
             {
                 break;
@@ -166,58 +153,45 @@ pub async fn run_against(
                 idle_since = Instant::now();
             }
             for d in batch {
-                let id = d.envelope.id;
-                let stream = d.envelope.stream_id();
-                if d.envelope
+                // Events of earlier runs on the same servers are not this run's to judge.
+                let ours = d
+                    .envelope
                     .metadata
                     .extra
                     .get("demo_run")
                     .and_then(|v| v.as_str())
-                    != Some(run_id.as_str())
-                {
-                    other += 1;
-                } else {
-                    let count = received.entry(id).or_insert(0);
-                    *count += 1;
-                    if *count == 1 {
-                        let version = d.stream_version.unwrap_or(0);
-                        let prev = last_version.insert(stream, version).unwrap_or(0);
-                        if version != prev + 1 {
-                            reordered += 1;
-                        }
-                    }
+                    == Some(run_id.as_str());
+                if ours {
+                    received.record(&d);
                 }
                 let _ = consumer.settle(d.token, Settlement::Ack).await;
             }
         }
-        (received, reordered, other, Instant::now())
+        (received, Instant::now())
     });
 
     let started = Instant::now();
     let (appended, conflicts, append_latency) =
-        write_workload(&backbone, events, writers.max(1), &appended_ids, &run_id).await?;
+        write_workload(&backbone, events, writers.max(1), &history, &run_id).await?;
     let append_time = started.elapsed();
     let _ = done_tx.send(Some(appended));
-    let (received, reordered, _other, last_received) = consumed
+    let (received, last_received) = consumed
         .await
-        .unwrap_or_else(|_| (HashMap::new(), 0, 0, Instant::now()));
+        .unwrap_or_else(|_| (Consumed::default(), Instant::now()));
     let stats = running.stats.clone();
     running.stop().await;
 
-    let ids = appended_ids
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let lost = ids.keys().filter(|id| !received.contains_key(id)).count() as u64;
-    let unexpected = received.keys().filter(|id| !ids.contains_key(id)).count() as u64;
-    let duplicated = received.values().filter(|&&n| n > 1).count() as u64;
+    // The broker's own copy of this run's events, judged like every fault suite's run.
+    let js = edupulse_nats::jetstream_context(backbone.client.clone(), &backbone.nats);
+    let ours = history.acknowledged_ids();
+    let mut broker = checker::broker_log(&js, &backbone.nats.stream_name).await;
+    broker.retain(|(id, _, _)| id.parse().is_ok_and(|id: EventId| ours.contains(&id)));
+    let verdict = checker::judge("demo", &history, &received, &HashSet::new(), &broker);
     Ok(DemoReport {
         appended,
         conflicts_retried: conflicts,
-        received: received.len() as u64,
-        lost,
-        duplicated,
-        reordered,
-        unexpected,
+        received: received.distinct() as u64,
+        verdict,
         append_time,
         end_to_end_time: last_received.saturating_duration_since(started),
         commit_to_ack_p50: stats.commit_to_ack().quantile(0.5),
@@ -261,7 +235,7 @@ async fn write_workload(
     backbone: &Backbone,
     events: u64,
     writers: usize,
-    appended_ids: &Arc<std::sync::Mutex<HashMap<EventId, (StreamId, u64)>>>,
+    history: &Arc<History>,
     run_id: &str,
 ) -> Result<(u64, u64, LatencyHistogram), DemoError> {
     let budget = Arc::new(AtomicU64::new(events));
@@ -274,7 +248,7 @@ async fn write_workload(
         let budget = budget.clone();
         let conflicts = conflicts.clone();
         let latency = latency.clone();
-        let ids = appended_ids.clone();
+        let history = history.clone();
         let run_id = run_id.to_owned();
         tasks.push(tokio::spawn(async move {
             // A Send generator: the task may move between worker threads.
@@ -311,17 +285,13 @@ async fn write_workload(
                     catalogue,
                 );
                 let mut expected = expected;
+                history.attempt(&batch);
                 loop {
                     let t0 = Instant::now();
                     match store.append(stream, expected, batch.clone()).await {
                         Ok(out) => {
                             latency.record(t0.elapsed());
-                            let mut ids = ids
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner);
-                            for e in &out.events {
-                                ids.insert(e.id, (stream, e.stream_version));
-                            }
+                            history.acknowledged(&out);
                             appended += out.events.len() as u64;
                             if let Some(slot) = slot {
                                 slot_version(&mut aggregates, slot, out.last_version());
@@ -331,10 +301,12 @@ async fn write_workload(
                         Err(StoreError::Conflict { actual, .. }) => {
                             // Someone else moved the stream: re-read and decide again.
                             conflicts.fetch_add(1, Ordering::Relaxed);
+                            history.conflict();
                             expected =
                                 actual.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
                         }
                         Err(e) if e.is_retryable() => {
+                            history.ambiguous(&batch);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         Err(e) => return Err(e),
@@ -482,10 +454,6 @@ pub fn print(report: &DemoReport) {
         report.conflicts_retried
     );
     println!("  events received          {:>10}", report.received);
-    println!("  lost                     {:>10}", report.lost);
-    println!("  duplicated               {:>10}", report.duplicated);
-    println!("  out of stream order      {:>10}", report.reordered);
-    println!("  unexpected               {:>10}", report.unexpected);
     println!(
         "  append throughput        {:>10.0} events/s ({:.2} s)",
         report.appended as f64 / secs,
@@ -507,6 +475,10 @@ pub fn print(report: &DemoReport) {
         ms(report.commit_to_ack_p99),
         ms(report.commit_to_ack_max)
     );
+    println!();
+    println!("The checker's verdict (the fault suites' table, one row):");
+    println!("{}", report.verdict.table());
+    println!();
     println!(
         "  result                   {}",
         if report.passed() {

@@ -26,9 +26,11 @@
 //! `start_nats_cluster`); the others use the shared ones with their own database and stream.
 //! `EDUPULSE_SOAK=1` runs ten times the work.
 
+/// The verdict, shared with the demo: the harness's checker.
+use edupulse_integration_tests::checker;
+
 mod bad_input;
 mod broker;
-mod checker;
 mod child;
 mod cluster;
 mod concurrency;

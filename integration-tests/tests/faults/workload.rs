@@ -464,73 +464,11 @@ impl Run {
         }
     }
 
-    /// Messages the broker holds in the run's stream (retried across leader elections).
-    pub(crate) async fn stored(&self) -> u64 {
-        let js = edupulse_nats::jetstream_context(self.backbone.client.clone(), &self.nats);
-        retry("read the stream state", Duration::from_secs(60), || {
-            let js = js.clone();
-            let stream = self.nats.stream_name.clone();
-            async move {
-                let mut s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-                let info = s.info().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(info.state.messages)
-            }
-        })
-        .await
-    }
-
-    /// What the broker stores in the run's stream, in stream sequence order: (event id, stream
-    /// id, stream version) from each message's headers. Read with an ephemeral consumer.
+    /// What the broker stores in the run's stream, in stream sequence order (see
+    /// [`crate::checker::broker_log`]).
     pub(crate) async fn broker_log(&self) -> Vec<(String, String, u64)> {
-        use edupulse_nats::headers;
-        use futures::StreamExt as _;
-
-        let expected = self.stored().await;
         let js = edupulse_nats::jetstream_context(self.backbone.client.clone(), &self.nats);
-        let consumer = retry("create a reader", Duration::from_secs(60), || {
-            let (js, stream) = (js.clone(), self.nats.stream_name.clone());
-            async move {
-                let s = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
-                s.create_consumer(edupulse_integration_tests::read_back_config())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await;
-        let mut log = Vec::with_capacity(expected as usize);
-        let started = Instant::now();
-        while (log.len() as u64) < expected {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "reading the stream back timed out"
-            );
-            let Ok(mut batch) = consumer
-                .batch()
-                .max_messages(1000)
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await
-            else {
-                continue;
-            };
-            while let Ok(Some(Ok(m))) =
-                tokio::time::timeout(Duration::from_secs(5), batch.next()).await
-            {
-                let header = |name: &str| {
-                    m.headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str().to_owned())
-                        .unwrap_or_default()
-                };
-                log.push((
-                    header(headers::MSG_ID),
-                    header(headers::STREAM_ID),
-                    header(headers::STREAM_VERSION).parse().unwrap_or(0),
-                ));
-            }
-        }
-        log
+        crate::checker::broker_log(&js, &self.nats.stream_name).await
     }
 
     /// Waits for everything acknowledged (but `dead_lettered`) to be consumed, lets late

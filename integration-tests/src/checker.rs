@@ -1,4 +1,5 @@
-//! The history of a run and its verdict, in Jepsen's vocabulary.
+//! The history of a run and its verdict, in Jepsen's vocabulary: the one definition of lost,
+//! duplicated, redelivered, reordered and unexpected, used by the demo and by every suite.
 //!
 //! Writers record what they **attempted**, what the store **acknowledged** (append committed,
 //! with the stream version it got), what failed **ambiguously** ([`StoreError::Unavailable`]:
@@ -35,13 +36,13 @@ use edupulse_domain::{EventEnvelope, EventId, StreamId};
 use edupulse_ports::{AppendOutcome, Delivery};
 
 /// Locks, ignoring poisoning (a panicking writer must not hide the verdict).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What the writers did.
 #[derive(Debug, Default)]
-pub(crate) struct History {
+pub struct History {
     inner: Mutex<HistoryInner>,
 }
 
@@ -57,18 +58,18 @@ struct HistoryInner {
 
 impl History {
     /// A shared, empty history.
-    pub(crate) fn new() -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         Arc::default()
     }
 
     /// The events are about to be appended (counted once, whatever the retries).
-    pub(crate) fn attempt(&self, events: &[EventEnvelope]) {
+    pub fn attempt(&self, events: &[EventEnvelope]) {
         let mut h = lock(&self.inner);
         h.attempted.extend(events.iter().map(|e| e.id));
     }
 
     /// The store acknowledged the append (a replay of an ambiguous attempt included).
-    pub(crate) fn acknowledged(&self, outcome: &AppendOutcome) {
+    pub fn acknowledged(&self, outcome: &AppendOutcome) {
         let mut h = lock(&self.inner);
         for e in &outcome.events {
             h.ambiguous.remove(&e.id);
@@ -78,14 +79,14 @@ impl History {
     }
 
     /// The append failed with a retryable error: it may or may not have committed.
-    pub(crate) fn ambiguous(&self, events: &[EventEnvelope]) {
+    pub fn ambiguous(&self, events: &[EventEnvelope]) {
         let mut h = lock(&self.inner);
         h.retryable_errors += 1;
         h.ambiguous.extend(events.iter().map(|e| e.id));
     }
 
     /// The events are known not to be committed (rolled back): they must never be consumed.
-    pub(crate) fn not_committed(&self, events: &[EventEnvelope]) {
+    pub fn not_committed(&self, events: &[EventEnvelope]) {
         let mut h = lock(&self.inner);
         for e in events {
             h.ambiguous.remove(&e.id);
@@ -94,39 +95,39 @@ impl History {
     }
 
     /// An optimistic concurrency conflict was seen (and handled by the writer).
-    pub(crate) fn conflict(&self) {
+    pub fn conflict(&self) {
         lock(&self.inner).conflicts += 1;
     }
 
     /// Number of acknowledged events.
-    pub(crate) fn acknowledged_count(&self) -> usize {
+    pub fn acknowledged_count(&self) -> usize {
         lock(&self.inner).acknowledged.len()
     }
 
     /// The acknowledged events.
-    pub(crate) fn acknowledged_ids(&self) -> HashSet<EventId> {
+    pub fn acknowledged_ids(&self) -> HashSet<EventId> {
         lock(&self.inner).acknowledged.keys().copied().collect()
     }
 
     /// The acknowledged events with their stream and version.
-    pub(crate) fn acknowledged_versions(&self) -> HashMap<EventId, (StreamId, u64)> {
+    pub fn acknowledged_versions(&self) -> HashMap<EventId, (StreamId, u64)> {
         lock(&self.inner).acknowledged.clone()
     }
 
     /// Appends that failed with a retryable error (each retry counts).
-    pub(crate) fn retryable_errors(&self) -> u64 {
+    pub fn retryable_errors(&self) -> u64 {
         lock(&self.inner).retryable_errors
     }
 
     /// Conflicts seen by writers.
-    pub(crate) fn conflicts(&self) -> u64 {
+    pub fn conflicts(&self) -> u64 {
         lock(&self.inner).conflicts
     }
 }
 
 /// What the consumer received.
 #[derive(Debug, Default)]
-pub(crate) struct Consumed {
+pub struct Consumed {
     /// Per event id: the attempts of its deliveries.
     deliveries: HashMap<EventId, Vec<u64>>,
     /// Per stream: the versions of first deliveries, in delivery order.
@@ -134,12 +135,12 @@ pub(crate) struct Consumed {
     /// First deliveries lacking a stream version header (counted as reordered: unverifiable).
     unversioned: u64,
     /// When set, the envelopes received (to compare them with what was appended).
-    pub(crate) envelopes: Option<HashMap<EventId, EventEnvelope>>,
+    pub envelopes: Option<HashMap<EventId, EventEnvelope>>,
 }
 
 impl Consumed {
     /// Records one delivery.
-    pub(crate) fn record(&mut self, d: &Delivery) {
+    pub fn record(&mut self, d: &Delivery) {
         let attempts = self.deliveries.entry(d.envelope.id).or_default();
         attempts.push(d.attempt);
         let first_seen = attempts.len() == 1;
@@ -161,49 +162,59 @@ impl Consumed {
     }
 
     /// Distinct events received.
-    pub(crate) fn distinct(&self) -> usize {
+    pub fn distinct(&self) -> usize {
         self.deliveries.len()
     }
 
     /// Whether `id` was received.
-    pub(crate) fn contains(&self, id: &EventId) -> bool {
+    pub fn contains(&self, id: &EventId) -> bool {
         self.deliveries.contains_key(id)
     }
 }
 
 /// One row of the figures table.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Figures {
-    pub(crate) fault: String,
-    pub(crate) attempted: u64,
-    pub(crate) acknowledged: u64,
-    pub(crate) indeterminate: u64,
+pub struct Figures {
+    /// What the run did to the backbone (the row's name).
+    pub fault: String,
+    /// Events the writers tried to append.
+    pub attempted: u64,
+    /// Events the store acknowledged as committed.
+    pub acknowledged: u64,
+    /// Events whose append ended ambiguously and was never resolved.
+    pub indeterminate: u64,
     /// Messages the broker holds in the run's stream (each stored once if dedup held).
-    pub(crate) stored: u64,
-    pub(crate) consumed: u64,
-    pub(crate) lost: u64,
-    pub(crate) unexpected: u64,
-    pub(crate) duplicated: u64,
+    pub stored: u64,
+    /// Distinct events the consumer received.
+    pub consumed: u64,
+    /// Acknowledged, never consumed.
+    pub lost: u64,
+    /// Consumed, never acknowledged (and not an unresolved ambiguous append).
+    pub unexpected: u64,
+    /// Stored twice by the broker, or delivered twice as a first delivery.
+    pub duplicated: u64,
     /// The part of `duplicated` seen by the consumer (an id delivered as a first delivery more
     /// than once) rather than in the broker's stream.
-    pub(crate) first_delivered_twice: u64,
-    pub(crate) redelivered: u64,
-    pub(crate) reordered: u64,
+    pub first_delivered_twice: u64,
+    /// Deliveries after the first (an acknowledgement lost): harmless, reported apart.
+    pub redelivered: u64,
+    /// Versions of a stream stored by the broker out of order.
+    pub reordered: u64,
     /// First deliveries to the consumer out of their stream's order (see `judge`).
-    pub(crate) delivery_out_of_order: u64,
-    /// Events the relay dead-lettered on purpose (excluded from `lost`).
-    pub(crate) dead_lettered: u64,
+    pub delivery_out_of_order: u64,
+    /// Events left out on purpose (parked and skipped; excluded from `lost`).
+    pub dead_lettered: u64,
     /// From the fault healing to every event acknowledged before it being consumed.
-    pub(crate) recovery: Option<Duration>,
+    pub recovery: Option<Duration>,
     /// Free-form notes (retries seen, takeovers…).
-    pub(crate) notes: String,
+    pub notes: String,
     /// The first reorderings found, for the failure message.
-    pub(crate) reorder_examples: Vec<String>,
+    pub reorder_examples: Vec<String>,
 }
 
 /// Judges a run: `history` against `consumed`. `dead_lettered` are ids the relay was expected
 /// to dead-letter (not lost), `stored` the broker's message count of the run's stream.
-pub(crate) fn judge(
+pub fn judge(
     fault: &str,
     history: &History,
     consumed: &Consumed,
@@ -315,7 +326,7 @@ impl Figures {
     /// as a first delivery, messages already delivered and acked (at-least-once to consumers,
     /// which deduplicate by event id). Those count as redeliveries; a duplicate in the broker's
     /// own stream still counts as duplicated.
-    pub(crate) fn consumer_leader_may_be_lost(&mut self) {
+    pub fn consumer_leader_may_be_lost(&mut self) {
         self.duplicated -= self.first_delivered_twice;
         self.redelivered += self.first_delivered_twice;
         self.first_delivered_twice = 0;
@@ -324,7 +335,7 @@ impl Figures {
     /// Prints the row, appends it to `target/faults-report.md`, then asserts the invariants:
     /// lost = unexpected = duplicated = reordered = 0, something was acknowledged, and the
     /// broker stores each event once.
-    pub(crate) fn report_and_check(&self) {
+    pub fn report_and_check(&self) {
         let row = self.row();
         println!("{HEADER}\n{SEPARATOR}\n{row}");
         eprintln!("faults: {row}");
@@ -343,9 +354,24 @@ impl Figures {
         );
     }
 
+    /// Whether the run kept every guarantee: nothing lost, unexpected, duplicated or reordered,
+    /// and the broker holds each consumed event once.
+    pub fn kept_the_guarantees(&self) -> bool {
+        self.lost == 0
+            && self.unexpected == 0
+            && self.duplicated == 0
+            && self.reordered == 0
+            && self.stored == self.consumed
+    }
+
+    /// The table of this one row, header included (Markdown).
+    pub fn table(&self) -> String {
+        format!("{HEADER}\n{SEPARATOR}\n{}", self.row())
+    }
+
     fn row(&self) -> String {
         let mut dead = if self.dead_lettered > 0 {
-            format!("{} dead-lettered on purpose; ", self.dead_lettered)
+            format!("{} left out on purpose; ", self.dead_lettered)
         } else {
             String::new()
         };
@@ -410,3 +436,76 @@ fn append_report(row: &str) {
         Err(e) => eprintln!("faults: cannot write {}: {e}", path.display()),
     }
 }
+
+/// What the broker stores in `stream`, in stream sequence order: (event id, stream id, stream
+/// version) from each message's headers, read with an ephemeral consumer. The verdict's
+/// `broker` argument: order and duplicates are judged on the broker's own copy.
+///
+/// # Panics
+/// When the stream cannot be read back within two minutes.
+pub async fn broker_log(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<(String, String, u64)> {
+    use futures::StreamExt as _;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (expected, consumer) = loop {
+        let attempt = async {
+            let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+            let messages = s.info().await.map_err(|e| e.to_string())?.state.messages;
+            let consumer = s
+                .create_consumer(crate::read_back_config())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((messages, consumer))
+        };
+        match attempt.await {
+            Ok(found) => break found,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cannot read the stream {stream} back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let mut log = Vec::with_capacity(usize::try_from(expected).unwrap_or_default());
+    while (log.len() as u64) < expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading the stream {stream} back timed out"
+        );
+        let Ok(mut batch) = consumer
+            .batch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+        else {
+            continue;
+        };
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), batch.next()).await
+        {
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            log.push((
+                header(MSG_ID),
+                header(STREAM_ID),
+                header(STREAM_VERSION).parse().unwrap_or(0),
+            ));
+        }
+    }
+    log
+}
+
+/// The header names the relay sets (mirrored from `edupulse_nats::headers`, which this harness
+/// does not depend on: a copy checked by the NATS suite's header test).
+const MSG_ID: &str = "Nats-Msg-Id";
+const STREAM_ID: &str = "Edupulse-Stream-Id";
+const STREAM_VERSION: &str = "Edupulse-Stream-Version";
