@@ -18,9 +18,15 @@ pub const NATS_TAG: &str = "2.10";
 /// Set to `1` to skip running the build script (the images must exist then).
 pub const SKIP_BUILD_ENV: &str = "EDUPULSE_TEST_SKIP_IMAGE_BUILD";
 
-/// Path of `scripts/build-images.sh` in this workspace.
+/// The image build script, from the recipes embedded in this harness (see [`crate::recipes`]):
+/// the suites and the lab build their images the same way.
+///
+/// # Panics
+/// When the recipes cannot be written to the temporary directory.
 pub fn build_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-images.sh")
+    let root = crate::recipes::default_root();
+    crate::recipes::write_to(&root)
+        .unwrap_or_else(|e| panic!("cannot write the image recipes to {}: {e}", root.display()))
 }
 
 static IMAGES_READY: OnceCell<()> = OnceCell::const_new();

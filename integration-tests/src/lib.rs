@@ -83,8 +83,10 @@ pub mod cluster;
 pub mod docker;
 pub mod forward;
 pub mod images;
+pub mod local;
 pub mod nats;
 pub mod postgres;
+pub mod recipes;
 
 pub use cluster::{NatsCluster, start_nats_cluster};
 pub use forward::Forwarder;

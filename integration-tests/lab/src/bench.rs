@@ -41,9 +41,9 @@ pub use catchup::RelayMode;
 pub use report::BenchReport;
 
 use crate::cli::{BenchArgs, BenchPhase};
-use crate::docker::{BrokerSync, DockerError, LocalNats, LocalServers};
 use edupulse_app::wiring::WiringError;
 use edupulse_domain::Uuid;
+use edupulse_integration_tests::local::{BrokerSync, DockerError, LocalNats, LocalServers};
 use edupulse_ports::StoreError;
 use report::Target;
 use secrecy::{ExposeSecret, SecretString};

@@ -6,7 +6,6 @@
 //! exactly once and in per-stream order, and prints a summary.
 
 use crate::cli::DemoArgs;
-use crate::docker::{BrokerSync, LocalServers};
 use edupulse_app::latency::{LatencyHistogram, ms};
 use edupulse_app::relay::RelayConfig;
 use edupulse_app::wiring::{Backbone, WiringError, spawn_relay};
@@ -16,6 +15,7 @@ use edupulse_domain::{
     Score, StreamId, TraceParent, Uuid,
 };
 use edupulse_integration_tests::checker::{self, Consumed, Figures, History};
+use edupulse_integration_tests::local::{BrokerSync, LocalServers};
 use edupulse_ports::{EventAppender, EventConsumer, Settlement, StoreError};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -68,7 +68,7 @@ pub enum DemoError {
     Wiring(#[from] WiringError),
     /// Docker could not provide servers.
     #[error(transparent)]
-    Docker(#[from] crate::docker::DockerError),
+    Docker(#[from] edupulse_integration_tests::local::DockerError),
     /// An append failed for a reason other than a conflict.
     #[error("append failed")]
     Append(#[from] StoreError),

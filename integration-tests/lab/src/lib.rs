@@ -9,8 +9,9 @@
 //! - [`demo`]: a realistic EduPulse workload appended concurrently while the relay publishes and a
 //!   consumer reads; checks exactly once and per-stream order and prints a summary.
 //! - [`bench`](mod@bench): throughput and latency against the machine's own ceilings.
-//! - [`docker`]: the throw-away servers; [`recipes`]: the image recipes, embedded in the binary so
-//!   that an installed or copied `edupulse-lab` builds its images without a checkout.
+//! - The servers, the image recipes (embedded, so that an installed or copied `edupulse-lab`
+//!   builds its images without a checkout) and the checker come from the one harness,
+//!   `edupulse-integration-tests`, that every suite uses too.
 //! - [`cli`]: the `edupulse-lab` command line.
 //!
 //! # Design decisions
@@ -22,5 +23,3 @@
 pub mod bench;
 pub mod cli;
 pub mod demo;
-pub mod docker;
-pub mod recipes;

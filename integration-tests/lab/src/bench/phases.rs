@@ -11,12 +11,12 @@ use super::{
     load, notes, targets, timing, warm_pool,
 };
 use crate::cli::{BenchArgs, BenchPhase};
-use crate::docker::LocalNats;
 use async_nats::jetstream;
 use edupulse_app::cli::{NatsArgs, PgArgs};
 use edupulse_app::latency::ms;
 use edupulse_app::relay::RelayConfig;
 use edupulse_app::wiring::{Backbone, spawn_relay};
+use edupulse_integration_tests::local::LocalNats;
 use edupulse_postgres::{PgEventStore, PgStoreConfig, StatementLog};
 use secrecy::ExposeSecret;
 use sqlx::ConnectOptions;

@@ -1,4 +1,6 @@
-//! Throw-away PostgreSQL and NATS servers in Docker for `demo` and `bench`, when no URLs are given.
+//! Throw-away PostgreSQL and NATS servers in Docker configured like a deployment, for the lab's
+//! `demo` and `bench` when no URLs are given (the suites' servers are tuned for tests instead:
+//! see [`crate::start_postgres`]).
 //!
 //! They use the project's own images (the same as the integration tests), built from Debian
 //! packages by `scripts/build-images.sh` if missing, since no registry may be reachable. Unlike

@@ -13,27 +13,27 @@ use std::path::{Path, PathBuf};
 const FILES: &[(&str, &str, bool)] = &[
     (
         "scripts/build-images.sh",
-        include_str!("../../../scripts/build-images.sh"),
+        include_str!("../../scripts/build-images.sh"),
         true,
     ),
     (
         "docker/nats/Dockerfile",
-        include_str!("../../../docker/nats/Dockerfile"),
+        include_str!("../../docker/nats/Dockerfile"),
         false,
     ),
     (
         "docker/postgres/Dockerfile",
-        include_str!("../../../docker/postgres/Dockerfile"),
+        include_str!("../../docker/postgres/Dockerfile"),
         false,
     ),
     (
         "docker/postgres/docker-entrypoint.sh",
-        include_str!("../../../docker/postgres/docker-entrypoint.sh"),
+        include_str!("../../docker/postgres/docker-entrypoint.sh"),
         true,
     ),
     (
         "docker/postgres/slim.sh",
-        include_str!("../../../docker/postgres/slim.sh"),
+        include_str!("../../docker/postgres/slim.sh"),
         false,
     ),
 ];
@@ -89,7 +89,7 @@ mod tests {
             std::env::temp_dir().join(format!("edupulse-recipes-test-{}", std::process::id()));
         let script = write_to(&root).unwrap();
         assert!(script.ends_with("scripts/build-images.sh"));
-        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         for (path, _, _) in FILES {
             assert_eq!(
                 std::fs::read(root.join(path)).unwrap(),
