@@ -6,7 +6,8 @@
 //! - [`wiring`]: the one place that builds the PostgreSQL and NATS adapters and plugs them into the
 //!   use cases ([`wiring::Backbone`]); the command, the lab (demo and bench, crate
 //!   `edupulse-lab`) and the end-to-end tests all go through it.
-//! - [`commands`]: what the subcommands do; [`cli`]: their options (clap, with environment
+//! - [`entry`]: what every binary does around its command (logging, runtime, last word);
+//!   [`commands`]: what the subcommands do; [`cli`]: their options (clap, with environment
 //!   variable fallbacks); [`input`]: the NDJSON / flag event format of `append`.
 //! - [`telemetry`], [`http`], [`latency`]: logs, Prometheus metrics, `/metrics` `/healthz` `/readyz`,
 //!   and a constant-memory latency histogram.
@@ -22,6 +23,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod entry;
 pub mod http;
 pub mod input;
 pub mod latency;

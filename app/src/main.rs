@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use edupulse_app::cli::{Cli, Command};
 use edupulse_app::relay::ReplayMode;
-use edupulse_app::{commands, telemetry};
+use edupulse_app::{commands, entry};
 use edupulse_ports::Release;
 use std::process::ExitCode;
 
@@ -17,26 +17,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_tracing(cli.global.log_format, "info,sqlx=warn,async_nats=warn");
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Command::Relay(args) = &cli.command {
-        runtime.worker_threads(args.threads.max(1));
-    }
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let threads = match &cli.command {
+        Command::Relay(args) => Some(args.threads),
+        _ => None,
     };
-    match runtime.block_on(run(cli.command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", telemetry::error_line(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    entry::run_to_exit(cli.global.log_format, threads, run(cli.command))
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

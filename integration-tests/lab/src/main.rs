@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use edupulse_app::{commands, telemetry};
+use edupulse_app::{commands, entry};
 use edupulse_lab::cli::{LabCli, LabCommand};
 use edupulse_lab::{bench, demo};
 use std::process::ExitCode;
@@ -15,26 +15,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = LabCli::parse();
-    telemetry::init_tracing(cli.global.log_format, "info,sqlx=warn,async_nats=warn");
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let LabCommand::Relay(args) = &cli.command {
-        runtime.worker_threads(args.threads.max(1));
-    }
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let threads = match &cli.command {
+        LabCommand::Relay(args) => Some(args.threads),
+        _ => None,
     };
-    match runtime.block_on(run(cli.command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", telemetry::error_line(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    entry::run_to_exit(cli.global.log_format, threads, run(cli.command))
 }
 
 async fn run(command: LabCommand) -> anyhow::Result<ExitCode> {
