@@ -292,18 +292,26 @@ async fn the_last_hint_follows_the_last_commit_of_concurrent_appends() {
     let db = fresh_database().await;
     let store = std::sync::Arc::new(store_on(&db).await);
     let mut hints = store.subscribe().await.expect("subscribe");
+    let writers_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let follower = {
         let store = store.clone();
+        let writers_done = writers_done.clone();
         tokio::spawn(async move {
             let mut cursor = edupulse_ports::Cursor::START;
             let mut seen = 0usize;
-            // Reads on each hint only; stops once hints have been quiet for a while.
-            while let Ok(Some(())) =
-                tokio::time::timeout(Duration::from_millis(1500), hints.next()).await
-            {
-                let (page, next) = crate::support::drain(&*store, cursor, 500).await;
-                seen += page.len();
-                cursor = next;
+            // Reads on each hint only; stops once the writers are done and hints have been
+            // quiet for a while (on a loaded machine the first hint can take a while).
+            loop {
+                match tokio::time::timeout(Duration::from_millis(1500), hints.next()).await {
+                    Ok(Some(())) => {
+                        let (page, next) = crate::support::drain(&*store, cursor, 500).await;
+                        seen += page.len();
+                        cursor = next;
+                    }
+                    Ok(None) => break,
+                    Err(_) if writers_done.load(std::sync::atomic::Ordering::SeqCst) => break,
+                    Err(_) => {}
+                }
             }
             seen
         })
@@ -324,5 +332,6 @@ async fn the_last_hint_follows_the_last_commit_of_concurrent_appends() {
     for writer in writers {
         writer.await.expect("writer");
     }
+    writers_done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(follower.await.expect("follower"), 32 * 10 * 2);
 }
