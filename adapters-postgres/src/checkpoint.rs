@@ -4,7 +4,7 @@ use crate::append::to_u64;
 use crate::error::map_sqlx;
 use chrono::{DateTime, Utc};
 use edupulse_domain::{EventId, StreamId, Uuid};
-use edupulse_ports::{Checkpoint, Cursor, ParkedEvent, RecordedEvent, Release, StoreError};
+use edupulse_ports::{Checkpoint, Cursor, ParkedEvent, Release, StoreError};
 use sqlx::PgPool;
 
 /// The upsert keeps a checkpoint from moving backwards, atomically, whatever the number of relays
@@ -24,10 +24,6 @@ const SAVE_SQL: &str = "\
         updated_at = excluded.updated_at";
 
 const LOAD_SQL: &str = "SELECT commit_key, position, broker_sequence, updated_at FROM relay_checkpoints WHERE name = $1";
-
-const DEAD_LETTER_SQL: &str = "\
-    INSERT INTO relay_dead_letters (name, event_id, position, reason) VALUES ($1, $2, $3, $4) \
-    ON CONFLICT (name, event_id) DO NOTHING";
 
 const DEAD_LETTER_COUNT_SQL: &str = "SELECT count(*) FROM relay_dead_letters WHERE name = $1";
 
@@ -111,23 +107,6 @@ pub(crate) async fn save(
         .bind(to_i64(cursor.commit)?)
         .bind(to_i64(cursor.position)?)
         .bind(to_i64(broker_sequence)?)
-        .execute(pool)
-        .await
-        .map_err(map_sqlx)?;
-    Ok(())
-}
-
-pub(crate) async fn record_dead_letter(
-    pool: &PgPool,
-    name: &str,
-    event: &RecordedEvent,
-    reason: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(DEAD_LETTER_SQL)
-        .bind(name)
-        .bind(event.envelope.id.as_uuid())
-        .bind(to_i64(event.position())?)
-        .bind(reason)
         .execute(pool)
         .await
         .map_err(map_sqlx)?;

@@ -394,6 +394,15 @@ impl PgEventStore {
         })
     }
 
+    /// Events relay `name` dead-lettered before parked streams replaced dead letters (rows of
+    /// earlier versions, kept for `status`; the relay records none any more).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
+    pub async fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
+        checkpoint::dead_letter_count(&self.pool, name).await
+    }
+
     /// The oldest transaction of the cluster that holds a transaction id: the one holding back
     /// [`EventReader::read_all`] (and so the relay) if any is. `None` when there is none.
     ///
@@ -608,19 +617,6 @@ impl CheckpointStore for PgEventStore {
         broker_sequence: u64,
     ) -> Result<(), StoreError> {
         checkpoint::save(&self.pool, name, cursor, broker_sequence).await
-    }
-
-    async fn record_dead_letter(
-        &self,
-        name: &str,
-        event: &RecordedEvent,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        checkpoint::record_dead_letter(&self.pool, name, event, reason).await
-    }
-
-    async fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
-        checkpoint::dead_letter_count(&self.pool, name).await
     }
 
     async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {

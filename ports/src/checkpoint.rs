@@ -1,4 +1,4 @@
-use crate::{Cursor, RecordedEvent, StoreError};
+use crate::{Cursor, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use edupulse_domain::{EventId, StreamId};
@@ -67,7 +67,7 @@ impl Release {
     }
 }
 
-/// Stores named checkpoints, and events a follower had to give up on (dead letters).
+/// Stores named checkpoints, and the streams a follower parked.
 #[cfg_attr(feature = "mocks", mockall::automock)]
 #[async_trait]
 pub trait CheckpointStore: Send + Sync {
@@ -94,24 +94,6 @@ pub trait CheckpointStore: Send + Sync {
         cursor: Cursor,
         broker_sequence: u64,
     ) -> Result<(), StoreError>;
-
-    /// Records that follower `name` gave up on `event` (for example the broker refused it for
-    /// good), with the reason. Recording the same event twice keeps one record.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
-    async fn record_dead_letter(
-        &self,
-        name: &str,
-        event: &RecordedEvent,
-        reason: &str,
-    ) -> Result<(), StoreError>;
-
-    /// How many events follower `name` gave up on.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
-    async fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError>;
 
     /// Parks `event` for follower `name`: its stream is held back from now on. A stream has at
     /// most one parked event (the first); parking it again keeps the first, except that while a

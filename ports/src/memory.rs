@@ -16,7 +16,7 @@ use edupulse_domain::{DEFAULT_MAX_EVENT_BYTES, EventEnvelope, EventId, ExpectedV
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -33,7 +33,6 @@ struct StoreState {
     ids: HashMap<EventId, usize>,
     commits: u64,
     checkpoints: HashMap<String, Checkpoint>,
-    dead_letters: HashMap<String, BTreeSet<EventId>>,
     parked: HashMap<String, Vec<ParkedEvent>>,
     leases: HashMap<String, (u64, String, Arc<LeaseFlag>)>,
     /// The last epoch handed out per lease name (kept when a lease is freed).
@@ -300,28 +299,6 @@ impl CheckpointStore for InMemoryEventStore {
         entry.broker_sequence = entry.broker_sequence.max(broker_sequence);
         entry.updated_at = Utc::now();
         Ok(())
-    }
-
-    async fn record_dead_letter(
-        &self,
-        name: &str,
-        event: &RecordedEvent,
-        _reason: &str,
-    ) -> Result<(), StoreError> {
-        self.state()?
-            .dead_letters
-            .entry(name.to_owned())
-            .or_default()
-            .insert(event.envelope.id);
-        Ok(())
-    }
-
-    async fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
-        Ok(self
-            .state()?
-            .dead_letters
-            .get(name)
-            .map_or(0, |s| s.len() as u64))
     }
 
     async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {

@@ -218,19 +218,6 @@ impl CheckpointStore for Isolated {
         self.store.save(name, cursor, broker_sequence).await
     }
 
-    async fn record_dead_letter(
-        &self,
-        name: &str,
-        event: &RecordedEvent,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        self.store.record_dead_letter(name, event, reason).await
-    }
-
-    async fn dead_letter_count(&self, name: &str) -> Result<u64, StoreError> {
-        self.store.dead_letter_count(name).await
-    }
-
     async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
         self.store.park(name, event).await
     }
