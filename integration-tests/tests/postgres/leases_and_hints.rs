@@ -286,11 +286,14 @@ async fn hints_arrive_after_commits_and_end_with_the_connection() {
 
 /// The store's own appends send their hint after committing (not from the trigger, see migration
 /// 0002), coalesced: a follower that reads on each hint must still see the last commit, whatever
-/// the path (lone caller, group statement).
+/// the path (lone caller, group statement). On a container of its own: commit-safe reads wait
+/// for every open write transaction of the cluster, and another test's transaction on the shared
+/// one can hold the last events back after the last hint (the relay re-reads for that reason;
+/// this follower reads on hints only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_hint_follows_the_last_commit_of_concurrent_appends() {
-    let db = fresh_database().await;
-    let store = std::sync::Arc::new(store_on(&db).await);
+    let isolated = crate::support::Isolated::start(true).await;
+    let store = std::sync::Arc::new(isolated.store().clone());
     let mut hints = store.subscribe().await.expect("subscribe");
     let writers_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let follower = {
