@@ -141,21 +141,39 @@ pub struct Consumed {
 impl Consumed {
     /// Records one delivery.
     pub fn record(&mut self, d: &Delivery) {
-        let attempts = self.deliveries.entry(d.envelope.id).or_default();
-        attempts.push(d.attempt);
-        let first_seen = attempts.len() == 1;
         if let Some(envelopes) = &mut self.envelopes {
             envelopes.insert(d.envelope.id, d.envelope.clone());
         }
+        self.note(
+            d.envelope.id,
+            d.envelope.stream_id(),
+            d.stream_version,
+            d.attempt,
+        );
+    }
+
+    /// The broker's copy ([`broker_log`]) as if a consumer had received it, each message once: for
+    /// a run with no consumer of its own (the bench judges what the relay stored). Messages
+    /// whose headers hold no event id or stream id are left out (they are nobody's events).
+    pub fn from_broker(log: &[(String, String, u64)]) -> Self {
+        let mut consumed = Self::default();
+        for (id, stream, version) in log {
+            if let (Ok(id), Ok(stream)) = (id.parse(), stream.parse()) {
+                consumed.note(id, stream, Some(*version), 1);
+            }
+        }
+        consumed
+    }
+
+    fn note(&mut self, id: EventId, stream: StreamId, version: Option<u64>, attempt: u64) {
+        let attempts = self.deliveries.entry(id).or_default();
+        attempts.push(attempt);
+        let first_seen = attempts.len() == 1;
         // Order is judged on first deliveries only; a redelivery after a lost ack is not a
         // reordering of the stream, and a second copy stored by the broker is a duplicate.
-        if first_seen && d.attempt == 1 {
-            match d.stream_version {
-                Some(version) => self
-                    .versions
-                    .entry(d.envelope.stream_id())
-                    .or_default()
-                    .push(version),
+        if first_seen && attempt == 1 {
+            match version {
+                Some(version) => self.versions.entry(stream).or_default().push(version),
                 None => self.unversioned += 1,
             }
         }
@@ -447,16 +465,51 @@ pub async fn broker_log(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Vec<(String, String, u64)> {
+    broker_log_since(js, stream, 1).await
+}
+
+/// The broker's sequence the next message of `stream` will get (where a run's part of a shared
+/// stream starts, for [`broker_log_since`]).
+///
+/// # Errors
+/// The stream cannot be read, as text.
+pub async fn next_sequence(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<u64, String> {
+    let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let info = s.info().await.map_err(|e| e.to_string())?;
+    Ok(info.state.last_sequence + 1)
+}
+
+/// [`broker_log`] from stream sequence `first` on (a run's part of a stream others wrote too).
+///
+/// # Panics
+/// When the stream cannot be read back within two minutes.
+pub async fn broker_log_since(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    first: u64,
+) -> Vec<(String, String, u64)> {
+    use async_nats::jetstream::consumer::DeliverPolicy;
     use futures::StreamExt as _;
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let (expected, consumer) = loop {
         let attempt = async {
             let mut s = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-            let messages = s.info().await.map_err(|e| e.to_string())?.state.messages;
-            let consumer = s
-                .create_consumer(crate::read_back_config())
-                .await
-                .map_err(|e| e.to_string())?;
+            let state = &s.info().await.map_err(|e| e.to_string())?.state;
+            let messages = if first <= state.first_sequence {
+                state.messages
+            } else {
+                (state.last_sequence + 1).saturating_sub(first)
+            };
+            let config = async_nats::jetstream::consumer::pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: first.max(1),
+                },
+                ..crate::read_back_config()
+            };
+            let consumer = s.create_consumer(config).await.map_err(|e| e.to_string())?;
             Ok::<_, String>((messages, consumer))
         };
         match attempt.await {

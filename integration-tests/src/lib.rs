@@ -21,6 +21,9 @@
 //!   [`Forwarder::silence`]).
 //! - [`checker`]: the history of a run and its verdict (lost, duplicated, redelivered,
 //!   reordered, unexpected), defined once, used by the demo and by every suite.
+//! - [`workload`]: the one workload generator (writers appending with expected versions,
+//!   retrying ambiguous failures with the same ids, at a closed- or open-loop pace), recording
+//!   into the checker's history; used by the demo, the bench and every suite.
 //! - [`start_nats_cluster`]: a 3-node JetStream cluster on a user-defined Docker
 //!   network whose nodes can be stopped and started one by one ([`NatsCluster`]).
 //!
@@ -87,6 +90,7 @@ pub mod local;
 pub mod nats;
 pub mod postgres;
 pub mod recipes;
+pub mod workload;
 
 pub use cluster::{NatsCluster, start_nats_cluster};
 pub use forward::Forwarder;

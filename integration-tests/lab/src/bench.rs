@@ -44,6 +44,7 @@ use crate::cli::{BenchArgs, BenchPhase};
 use edupulse_app::wiring::WiringError;
 use edupulse_domain::Uuid;
 use edupulse_integration_tests::local::{BrokerSync, DockerError, LocalNats, LocalServers};
+use edupulse_integration_tests::workload::WorkloadError;
 use edupulse_ports::StoreError;
 use report::Target;
 use secrecy::{ExposeSecret, SecretString};
@@ -67,6 +68,10 @@ pub enum BenchError {
     /// The store failed (not retryable, or retried too often).
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The appenders stopped: the store refused an append, broke a promise, or was unavailable
+    /// during a measurement.
+    #[error("appenders: {0}")]
+    Workload(#[from] WorkloadError),
     /// A raw PostgreSQL step failed.
     #[error("PostgreSQL ({what}): {source}")]
     Postgres {
@@ -85,6 +90,16 @@ pub enum BenchError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store stayed unavailable for so long during a measurement that appenders gave up:
+    /// the figures would be meaningless. Rerun on a quieter machine.
+    #[error("{appends} appends were given up: the store was unavailable during a measurement")]
+    GaveUp {
+        /// Appends given up.
+        appends: u64,
+    },
+    /// The live phase's events, judged by the checker, were not each stored once in order.
+    #[error("the checker's verdict on the live phase: {0}")]
+    Verdict(String),
     /// The relay did not start or did not catch up in time.
     #[error("relay: {0}")]
     Relay(String),

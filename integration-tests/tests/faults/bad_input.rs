@@ -14,7 +14,8 @@ use edupulse_ports::{CheckpointStore, EventAppender, EventReader, Release, Store
 
 use crate::checker::lock;
 use crate::workload::{
-    RUN_KEY, Run, Workload, append_until_acknowledged, event, nats_config, pg_config, wait_parked,
+    RUN_KEY, Run, Until, Workload, append_until_acknowledged, event, nats_config, pg_config,
+    wait_parked,
 };
 
 /// An event of `stream` carrying `bytes` bytes of metadata.
@@ -179,7 +180,7 @@ async fn broker_smaller_than_the_store_parks_the_stream_and_the_rest_flows() {
     let relay = run.spawn_relay().await;
     let writers = run.writers(Workload {
         writers: 2,
-        appends: Some(60),
+        until: Until::AppendsPerWriter(60),
         ..Workload::default()
     });
     // Three poison events between the others, each followed by a normal one in its stream.

@@ -11,7 +11,7 @@ use edupulse_ports::{EventAppender, EventReader, StoreError};
 use futures::StreamExt;
 
 use crate::checker::History;
-use crate::workload::{Run, Workload, event, soak_factor};
+use crate::workload::{Pace, Run, Workload, event, soak_factor};
 
 const WRITERS: usize = 16;
 
@@ -190,7 +190,9 @@ async fn out_of_order_commits_under_relay_load() {
     // Background load on other streams while the transactions interleave.
     let writers = run.writers(Workload {
         writers: 2,
-        pace: Duration::from_millis(20),
+        pace: Pace::Closed {
+            pause: Duration::from_millis(20),
+        },
         ..Workload::default()
     });
     let transactions = 150 * soak_factor() as usize;

@@ -19,7 +19,8 @@ use crate::checker::lock;
 use crate::child::{kill_9, spawn_relay_process};
 use crate::relay::{wait_active, wait_holder};
 use crate::workload::{
-    Run, Workload, append_until_acknowledged, event, nats_config, pg_config, wait_parked, within,
+    Batch, Pace, Run, Until, Workload, append_until_acknowledged, event, nats_config, pg_config,
+    wait_parked, within,
 };
 
 /// Nesting far beyond what the decoders accept (the store refuses it at append; a row written
@@ -48,8 +49,10 @@ async fn relay_down_longer_than_the_duplicate_window_stores_nothing_twice() {
     config.duplicate_window = Duration::from_secs(1);
     let run = Run::start_with(name, pg_config(db.url()), config.clone()).await;
     let writers = run.writers(Workload {
-        appends: Some(400),
-        pace: Duration::from_millis(5),
+        until: Until::AppendsPerWriter(400),
+        pace: Pace::Closed {
+            pause: Duration::from_millis(5),
+        },
         ..Workload::default()
     });
     // A relay process killed mid-publishing: everything it had acknowledged since its last
@@ -83,9 +86,11 @@ async fn an_undecodable_row_parks_its_stream_and_every_other_stream_flows() {
     let relay = run.spawn_relay().await;
     // About 10 000 events over 32 streams.
     let writers = run.writers(Workload {
-        appends: Some(1_000),
-        max_batch: 4,
-        pace: Duration::from_millis(2),
+        until: Until::AppendsPerWriter(1_000),
+        batch: Batch::UpTo(4),
+        pace: Pace::Closed {
+            pause: Duration::from_millis(2),
+        },
         ..Workload::default()
     });
     let seen = lock(&run.consumed).distinct();
@@ -288,8 +293,10 @@ async fn a_paused_relay_resumed_after_its_successor_took_over_stores_nothing_twi
     let nats = shared_nats().await;
     let run = Run::start("paused_relay", db.url(), vec![nats.url()]).await;
     let writers = run.writers(Workload {
-        appends: Some(2_500),
-        pace: Duration::from_millis(8),
+        until: Until::AppendsPerWriter(2_500),
+        pace: Pace::Closed {
+            pause: Duration::from_millis(8),
+        },
         ..Workload::default()
     });
     // The active relay is a process frozen mid-publishing (a GC stall, SIGSTOP, a frozen VM):
@@ -332,7 +339,7 @@ async fn a_broker_that_lost_its_stream_is_detected_and_replay_restores_it_once_i
     let run = Run::start("broker_went_back", db.url(), vec![nats.url()]).await;
     let relay = run.spawn_relay().await;
     run.writers(Workload {
-        appends: Some(100),
+        until: Until::AppendsPerWriter(100),
         ..Workload::default()
     })
     .finish()

@@ -14,7 +14,7 @@ use tokio::process::Child;
 
 use crate::checker::lock;
 use crate::child::{kill_9, spawn_relay_process};
-use crate::workload::{Run, Workload, soak_factor};
+use crate::workload::{Batch, Pace, Run, Until, Workload, soak_factor};
 
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,17 +68,20 @@ async fn relay_killed_with_sigkill_at_a_third_and_at_half_of_the_run() {
     let db = fresh_database().await;
     let nats = shared_nats().await;
     let run = Run::start("relay_kill9", db.url(), vec![nats.url()]).await;
+    let appends = 1500 * soak_factor() as usize;
     let workload = Workload {
-        max_batch: 3,
-        pace: Duration::from_millis(15),
+        batch: Batch::UpTo(3),
+        pace: Pace::Closed {
+            pause: Duration::from_millis(15),
+        },
         // Long enough for the writers to keep appending across both takeovers: a killed
         // relay's lease is taken over once it expires (up to its 10 s TTL), and each new relay
         // must be seen publishing before it is killed.
-        appends: Some(1500 * soak_factor() as usize),
+        until: Until::AppendsPerWriter(appends),
         ..Workload::default()
     };
     // 1 to 3 events per append: 2 on average.
-    let expected = workload.writers * workload.appends.unwrap_or_default() * 2;
+    let expected = workload.writers * appends * 2;
 
     let mut relay = spawn_relay_process(db.url(), &run.nats, &run.name);
     let writers = run.writers(workload);

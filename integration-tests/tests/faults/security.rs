@@ -14,7 +14,7 @@ use edupulse_integration_tests::{fresh_database, shared_nats, shared_postgres, u
 use sqlx::{Connection as _, PgConnection};
 
 use crate::child;
-use crate::workload::{Run, Workload, append_until_acknowledged, event};
+use crate::workload::{Run, Until, Workload, append_until_acknowledged, event};
 
 const SENTINEL: &str = "S3ntinel-Pa55w0rd-7f3a";
 
@@ -43,7 +43,7 @@ async fn the_application_role_as_a_login_runs_everything_but_cannot_rewrite_even
     let relay = run.spawn_relay().await;
     let writers = run.writers(Workload {
         writers: 2,
-        appends: Some(50),
+        until: Until::AppendsPerWriter(50),
         ..Workload::default()
     });
     writers.finish().await;

@@ -13,7 +13,9 @@ use edupulse_integration_tests::{
 };
 use edupulse_postgres::PgEventStore;
 
-use crate::workload::{Run, Workload, pg_config, soak_factor, spawn_writers, wait_published};
+use crate::workload::{
+    Batch, Pace, Run, Until, Workload, pg_config, soak_factor, spawn_writers, wait_published,
+};
 
 /// `application_name` of the writers' connections: the backends whose statements are cancelled.
 const CANCELLED_WRITERS: &str = "edupulse-faults-cancelled-writers";
@@ -82,10 +84,13 @@ async fn statement_cancellations_under_group_commit() {
     let workload = Workload {
         writers: 32,
         streams_per_writer: 4,
-        max_batch: 2,
-        pace: Duration::ZERO,
-        appends: None,
+        batch: Batch::UpTo(2),
+        pace: Pace::Closed {
+            pause: Duration::ZERO,
+        },
+        until: Until::Stopped,
         resend_percent: 30,
+        ..Workload::default()
     };
     let canceller = cancel_statements_at_random(
         db.url(),

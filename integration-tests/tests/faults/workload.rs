@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use edupulse_integration_tests::workload::{self, Observers};
 use std::time::{Duration, Instant};
 
 use edupulse_app::relay::RelayConfig;
@@ -54,8 +56,8 @@ pub(crate) async fn wait_parked(
     }
 }
 
-/// The metadata key tagging events with their run.
-pub(crate) const RUN_KEY: &str = "faults_run";
+pub(crate) use edupulse_integration_tests::workload::RUN_KEY;
+pub(crate) use edupulse_integration_tests::workload::{Batch, Pace, Until, Workload};
 
 /// A NATS configuration with the run's own stream and subject prefix, and a short ack timeout
 /// (faults are noticed sooner).
@@ -95,10 +97,10 @@ pub(crate) fn event(stream: StreamId, run: &str, i: u64) -> EventEnvelope {
     edupulse_integration_tests::sample_event(stream, i).with_metadata(metadata)
 }
 
-/// Appends until the store acknowledges: a retryable failure is ambiguous (recorded as such)
-/// and retried with the **same** events, which the store reports as a replay if the first
-/// attempt had committed. Gives up after `deadline` (the events stay indeterminate) and returns
-/// `None`. Any other error is a failure of the test (the writers own their streams).
+/// Appends until the store acknowledges (see
+/// [`edupulse_integration_tests::workload::append_until_acknowledged`]), recording into
+/// `history`. `None`: given up after `deadline`. Any other error is a failure of the test (the
+/// writers own their streams).
 pub(crate) async fn append_until_acknowledged(
     store: &dyn EventAppender,
     history: &History,
@@ -107,164 +109,47 @@ pub(crate) async fn append_until_acknowledged(
     events: Vec<EventEnvelope>,
     deadline: Duration,
 ) -> Option<AppendOutcome> {
-    history.attempt(&events);
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match store.append(stream, expected, events.clone()).await {
-            Ok(outcome) => {
-                history.acknowledged(&outcome);
-                return Some(outcome);
-            }
-            Err(e) if e.is_retryable() => {
-                history.ambiguous(&events);
-                if started.elapsed() > deadline {
-                    eprintln!("faults: giving up an append after {deadline:?}: {e}");
-                    return None;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => panic!("append to {stream} (expected {expected}): {e:?}"),
-        }
-    }
+    workload::append_until_acknowledged(store, Some(history), (stream, expected), events, deadline)
+        .await
+        .unwrap_or_else(|e| panic!("append to {stream} (expected {expected}): {e:?}"))
+        .map(|ack| ack.outcome)
 }
 
-/// The shape of the writers' load.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Workload {
-    /// Concurrent writers, each owning its streams.
-    pub(crate) writers: usize,
-    /// Streams per writer, appended to round robin with exact expected versions.
-    pub(crate) streams_per_writer: usize,
-    /// Events per append: 1 to this many.
-    pub(crate) max_batch: usize,
-    /// Pause between two appends of a writer.
-    pub(crate) pace: Duration,
-    /// Appends per writer; `None`: until [`Writers::stop`].
-    pub(crate) appends: Option<usize>,
-    /// Share of acknowledged appends sent once more, same ids and expectation, in percent: a
-    /// client that lost the answer. The store must answer with a replay of the same versions.
-    pub(crate) resend_percent: u32,
-}
-
-impl Default for Workload {
-    fn default() -> Self {
-        Self {
-            writers: 4,
-            streams_per_writer: 8,
-            max_batch: 4,
-            pace: Duration::from_millis(10),
-            appends: None,
-            resend_percent: 0,
-        }
-    }
-}
-
-/// Running writers.
-pub(crate) struct Writers {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<JoinHandle<()>>,
-}
+/// Running writers of a fault run: stopping or finishing them fails the test if they hang or
+/// if the store broke a promise (see [`WorkloadError`](workload::WorkloadError)).
+pub(crate) struct Writers(workload::Writers);
 
 impl Writers {
-    /// Asks the writers to stop after their current append (retries included).
-    pub(crate) fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
     /// Stops and waits for the writers.
     pub(crate) async fn join(self) {
-        self.stop();
+        self.0.stop();
         self.finish().await;
     }
 
-    /// Waits for the writers to finish their appends (a workload with `appends` set).
+    /// Waits for the writers to finish their appends (a workload with an end).
     pub(crate) async fn finish(self) {
-        for task in self.tasks {
-            within("a writer", Duration::from_secs(300), task)
-                .await
-                .expect("writer task");
-        }
+        within("the writers", Duration::from_secs(300), self.0.finish())
+            .await
+            .expect("the writers keep the store's promises");
     }
 }
 
-/// Starts the writers of `workload` on `store`.
+/// Starts the writers of `workload` on `store`, tagged with `run`.
 pub(crate) fn spawn_writers(
     store: Arc<PgEventStore>,
     history: Arc<History>,
     run: &str,
     workload: Workload,
 ) -> Writers {
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = (0..workload.writers)
-        .map(|_| {
-            let (store, history, stop, run) =
-                (store.clone(), history.clone(), stop.clone(), run.to_owned());
-            tokio::spawn(async move {
-                let mut streams: Vec<(StreamId, Option<u64>)> = (0..workload.streams_per_writer)
-                    .map(|_| (StreamId::new(), None))
-                    .collect();
-                let mut i = 0u64;
-                while !stop.load(Ordering::SeqCst) && workload.appends.is_none_or(|n| i < n as u64)
-                {
-                    let slot = i as usize % streams.len();
-                    let (stream, version) = streams[slot];
-                    let n = rand::random_range(1..=workload.max_batch.max(1)) as u64;
-                    let events: Vec<_> = (0..n).map(|k| event(stream, &run, i + k)).collect();
-                    let expected =
-                        version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-                    let resend = (rand::random_range(0..100u32) < workload.resend_percent)
-                        .then(|| events.clone());
-                    let Some(outcome) = append_until_acknowledged(
-                        &*store,
-                        &history,
-                        stream,
-                        expected,
-                        events,
-                        Duration::from_secs(90),
-                    )
-                    .await
-                    else {
-                        // Indeterminate: this stream's version is unknown now; leave it.
-                        streams[slot] = (StreamId::new(), None);
-                        i += 1;
-                        continue;
-                    };
-                    if let Some(events) = resend {
-                        resend_expecting_replay(&*store, &history, expected, events, &outcome)
-                            .await;
-                    }
-                    streams[slot].1 = Some(outcome.last_version());
-                    i += 1;
-                    tokio::time::sleep(workload.pace).await;
-                }
-            })
-        })
-        .collect();
-    Writers { stop, tasks }
-}
-
-/// Sends an acknowledged append again (same ids, same expectation) and checks that the store
-/// answers with a replay of what it acknowledged. Gives up quietly when the store stays
-/// unavailable (the events are acknowledged already).
-async fn resend_expecting_replay(
-    store: &dyn EventAppender,
-    history: &History,
-    expected: ExpectedVersion,
-    events: Vec<EventEnvelope>,
-    first: &AppendOutcome,
-) {
-    let stream = first.stream_id;
-    let deadline = Duration::from_secs(90);
-    if let Some(again) =
-        append_until_acknowledged(store, history, stream, expected, events, deadline).await
-    {
-        assert!(
-            again.replayed && again.events == first.events,
-            "a resent append must be a replay of the acknowledged one: {first:?}, then {again:?}"
-        );
-    }
+    let workload = Workload {
+        run: Some(run.to_owned()),
+        ..workload
+    };
+    let observers = Observers {
+        history: Some(history),
+        on_commit: None,
+    };
+    Writers(workload.start(store, observers))
 }
 
 /// Awaits `fut`, failing the test with `what` if it takes longer than `limit` (a hang is a

@@ -16,11 +16,13 @@ use edupulse_app::cli::{NatsArgs, PgArgs};
 use edupulse_app::latency::ms;
 use edupulse_app::relay::RelayConfig;
 use edupulse_app::wiring::{Backbone, spawn_relay};
+use edupulse_integration_tests::checker::{self, Consumed, History};
 use edupulse_integration_tests::local::LocalNats;
 use edupulse_postgres::{PgEventStore, PgStoreConfig, StatementLog};
 use secrecy::ExposeSecret;
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgPoolOptions;
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -441,6 +443,32 @@ async fn catch_up(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<PeakRss, BenchEr
     Ok(peak_rss)
 }
 
+/// The checker's verdict on the live phase: every acknowledged event stored once by the broker,
+/// each stream in version order (the relay is the only writer of the stream from
+/// `first_sequence` on).
+async fn judge_live(
+    lab: &Lab<'_>,
+    history: &History,
+    first_sequence: u64,
+) -> Result<(), BenchError> {
+    let stream = &lab.backbone.nats.stream_name;
+    let broker = checker::broker_log_since(&lab.js, stream, first_sequence).await;
+    let stored = Consumed::from_broker(&broker);
+    let verdict = checker::judge(
+        "bench live phase",
+        history,
+        &stored,
+        &HashSet::new(),
+        &broker,
+    );
+    eprintln!("  the checker's verdict:\n{}", verdict.table());
+    if verdict.kept_the_guarantees() {
+        Ok(())
+    } else {
+        Err(BenchError::Verdict(verdict.table()))
+    }
+}
+
 /// Row 6 and end to end: the relay in this process, paced latency and full speed.
 async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, BenchError> {
     // 6 and end to end: the relay running in this process, from the tip.
@@ -477,6 +505,11 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
                 ..RelayConfig::default()
             },
         );
+        // The checker judges the phase on the broker's copy of it, as it judges every suite.
+        let history = History::new();
+        let first_sequence = checker::next_sequence(&lab.js, &lab.backbone.nats.stream_name)
+            .await
+            .map_err(|e| BenchError::Relay(format!("cannot read the event stream: {e}")))?;
         let running = spawn_relay(relay, None).await?;
         let stats = running.stats.clone();
         let drain = |target: u64| {
@@ -502,7 +535,7 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
                 stats.commit_to_ack().reset();
                 commit_to_ack.reset();
                 commit_to_read.reset();
-                let out = load::run_noting(
+                let out = load::run_observed(
                     &lab.backbone.store,
                     load::Load {
                         callers: 256,
@@ -511,7 +544,8 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
                         pace: Some(rate),
                         duration: lab.plan.paced,
                     },
-                    Some(committed.clone()),
+                    Some(history.clone()),
+                    Some(timing::noting(&committed)),
                 )
                 .await?;
                 drain(base + out.measured.events).await?;
@@ -543,7 +577,7 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
             let base = stats.snapshot().published;
             let cpu = lab.probe.snapshot(None);
             let started = Instant::now();
-            let out = load::run(
+            let out = load::run_observed(
                 &lab.backbone.store,
                 load::Load {
                     callers: E2E_CALLERS,
@@ -552,6 +586,8 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
                     pace: None,
                     duration: lab.plan.e2e,
                 },
+                Some(history.clone()),
+                None,
             )
             .await?;
             let done = drain(base + out.measured.events).await?;
@@ -564,6 +600,7 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
         .await;
         running.stop().await;
         let (paced, e2e, e2e_cpu) = live?;
+        judge_live(lab, &history, first_sequence).await?;
         latency = paced;
         record(
             rows,

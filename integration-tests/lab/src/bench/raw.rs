@@ -229,7 +229,10 @@ pub(crate) async fn seed_design(
             let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
             let mut done = 0u64;
             while Instant::now() < deadline {
-                let envelope = super::workload::event(StreamId::new(), &mut rng);
+                let envelope = edupulse_integration_tests::workload::quiz_submission(
+                    StreamId::new(),
+                    &mut rng,
+                );
                 let mut tx = pool.begin().await.map_err(pg("seed: begin"))?;
                 sqlx::query(&sql)
                     .bind(envelope.id.as_uuid())

@@ -6,13 +6,25 @@
 use async_trait::async_trait;
 use edupulse_app::latency::LatencyHistogram;
 use edupulse_domain::{EventId, StreamId};
-use edupulse_ports::{EventPublisher, PublishError, PublishResult, RecordedEvent};
+use edupulse_integration_tests::workload::CommitObserver;
+use edupulse_ports::{AppendOutcome, EventPublisher, PublishError, PublishResult, RecordedEvent};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// When each measured event's `append` returned; events not in it are not measured.
 pub(crate) type Committed = Arc<Mutex<HashMap<EventId, Instant>>>;
+
+/// An observer of the appenders noting when each event's `append` returned in `committed`.
+pub(crate) fn noting(committed: &Committed) -> CommitObserver {
+    let committed = committed.clone();
+    Arc::new(move |outcome: &AppendOutcome, at: Instant| {
+        let mut committed = committed.lock().unwrap_or_else(PoisonError::into_inner);
+        for e in &outcome.events {
+            committed.insert(e.id, at);
+        }
+    })
+}
 
 /// A publisher that records, for each event in [`Committed`], the time from commit to ack, and
 /// the part of it spent before the relay handed the event to the publisher (commit → read), so a

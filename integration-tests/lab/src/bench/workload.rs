@@ -1,13 +1,13 @@
-//! The events every phase writes: one realistic shape (a quiz submission with request metadata),
-//! so that raw rows, raw messages, the seed's rows and the store's events are all the same size.
+//! The events every phase writes: the harness workload's one shape
+//! ([`quiz_submission`](edupulse_integration_tests::workload::quiz_submission), a quiz submission
+//! with request metadata), so that raw rows, raw messages, the seed's rows and the store's events
+//! are all the same size.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use edupulse_domain::{
-    Actor, ContextId, EventEnvelope, Metadata, QuizSubmitted, Score, StreamId, TraceParent, Uuid,
-};
+use edupulse_domain::{StreamId, Uuid};
+use edupulse_integration_tests::workload::quiz_submission;
 use edupulse_ports::{Cursor, RecordedEvent};
-use rand::Rng;
 use serde_json::Value;
 
 /// One event, made once; raw phases reuse its columns and bytes with fresh ids.
@@ -31,10 +31,10 @@ pub(crate) struct Template {
 }
 
 impl Template {
-    /// The template, from one event made by [`event`].
+    /// The template, from one event of the workload's shape.
     pub(crate) fn new() -> Self {
         let stream = StreamId::new();
-        let envelope = event(stream, &mut rand::rng());
+        let envelope = quiz_submission(stream, &mut rand::rng());
         let recorded = RecordedEvent {
             envelope: envelope.clone(),
             stream_id: stream,
@@ -59,39 +59,6 @@ impl Template {
             wire_bytes,
         }
     }
-}
-
-/// Request metadata as a service would attach it (correlation id, actor, W3C traceparent).
-pub(crate) fn metadata(rng: &mut impl Rng) -> Metadata {
-    let trace: u128 = rng.random::<u128>() | 1;
-    let span: u64 = rng.random::<u64>() | 1;
-    Metadata {
-        correlation_id: ContextId::new(format!("req-{:016x}", rng.random::<u64>())).ok(),
-        actor: Actor::new(format!("user:{}", Uuid::new_v4())).ok(),
-        traceparent: TraceParent::new(format!("00-{trace:032x}-{span:016x}-01")).ok(),
-        ..Metadata::default()
-    }
-}
-
-/// A quiz submission to `stream`, with fresh ids and metadata.
-pub(crate) fn event(stream: StreamId, rng: &mut impl Rng) -> EventEnvelope {
-    let submission = Score::new(rng.random_range(0..=40) as f32 / 2.0)
-        .and_then(|score| Score::new(20.0).map(|max| (score, max)))
-        .and_then(|(score, max)| QuizSubmitted::new(*stream.as_uuid(), Uuid::new_v4(), score, max));
-    let envelope = match submission {
-        Ok(e) => EventEnvelope::new(e),
-        // Unreachable with the values above; a badge keeps the bench going regardless.
-        Err(_) => EventEnvelope::new(edupulse_domain::BadgeAwarded {
-            badge_id: Uuid::new_v4(),
-            recipient_id: *stream.as_uuid(),
-        }),
-    };
-    envelope.with_stream(stream).with_metadata(metadata(rng))
-}
-
-/// `n` events to `stream`.
-pub(crate) fn batch(stream: StreamId, n: usize, rng: &mut impl Rng) -> Vec<EventEnvelope> {
-    (0..n).map(|_| event(stream, rng)).collect()
 }
 
 /// Rows in columns, bound as arrays by one `INSERT … SELECT FROM unnest(…)`.
