@@ -1,9 +1,10 @@
 //! `demo`: the whole path, end to end, checked.
 //!
 //! Concurrent writers append a realistic EduPulse workload (lessons published, quiz submissions,
-//! badges, payments) across many aggregates, with expected versions; the relay publishes; a
-//! durable consumer receives everything; the demo checks that every appended event arrived
-//! exactly once and in per-stream order, and prints a summary.
+//! badges, payments) across many aggregates, with expected versions (the harness's workload
+//! generator, [`Mix::Edupulse`]); the relay publishes; a durable consumer receives everything;
+//! the harness's checker judges the run on the consumer and on the broker's own copy, and the
+//! demo prints a summary and the checker's table.
 
 use crate::cli::DemoArgs;
 use edupulse_app::latency::ms;

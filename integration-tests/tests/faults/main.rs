@@ -22,6 +22,10 @@
 //!   a property run over the NDJSON parser and the envelope decoder.
 //! - `security`: the application role as a login role; no password in any log line.
 //!
+//! Writers are the harness's workload generator (`edupulse_integration_tests::workload`, the one
+//! the demo and the bench use); `workload` here wires it, the app's backbone and a durable
+//! consumer into a [`workload::Run`].
+//!
 //! Tests that break a server start their own (`start_nats`, `start_postgres`,
 //! `start_nats_cluster`); the others use the shared ones with their own database and stream.
 //! `EDUPULSE_SOAK=1` runs ten times the work.
