@@ -33,6 +33,7 @@ mod error;
 mod events;
 mod ids;
 mod metadata;
+pub mod schemas;
 mod upcast;
 mod values;
 
