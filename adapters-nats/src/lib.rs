@@ -111,6 +111,7 @@
 //! credentials, TLS. Secrets are never printed: [`NatsConfig`]'s `Debug` masks them and URLs in
 //! errors are redacted.
 
+mod asyncapi;
 mod cloudevents;
 mod config;
 mod connect;
@@ -120,6 +121,7 @@ mod provision;
 mod publisher;
 mod wire;
 
+pub use asyncapi::asyncapi_document;
 pub use cloudevents::{SOURCE as CE_SOURCE, SPEC_VERSION as CE_SPEC_VERSION, ce_type};
 pub use config::{
     DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_IN_FLIGHT,

@@ -35,8 +35,9 @@ MAX_ERRORS = 20
 
 def load_schemas(folder):
     """Every committed schema, by its $id: the ce-dataschema header names one of them."""
+    folder = pathlib.Path(folder)
     resources = {}
-    for path in sorted(pathlib.Path(folder).rglob("*.json")):
+    for path in [folder / "envelope.json", *sorted((folder / "events").glob("*.json"))]:
         schema = json.loads(path.read_text(encoding="utf-8"))
         resources[schema["$id"]] = schema
     registry = Registry().with_resources(
