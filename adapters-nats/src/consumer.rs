@@ -214,8 +214,12 @@ impl NatsConsumer {
                 .and_then(|h| h.get(name))
                 .and_then(|v| v.as_str().parse::<u64>().ok())
         };
-        let stream_version = header_u64(headers::STREAM_VERSION);
-        let position = header_u64(headers::POSITION);
+        // The Edupulse-* headers, or the CloudEvents extensions carrying the same values, so a
+        // message from a publisher that sends only CloudEvents attributes (a bridge, another
+        // backbone) still tells its order.
+        let stream_version =
+            header_u64(headers::STREAM_VERSION).or_else(|| header_u64(headers::CE_STREAMVERSION));
+        let position = header_u64(headers::POSITION).or_else(|| header_u64(headers::CE_POSITION));
         self.next_token += 1;
         let token = DeliveryToken::new(self.next_token);
         self.unsettled.insert(self.next_token, message);

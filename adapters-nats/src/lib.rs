@@ -32,7 +32,11 @@
 //! - **Messages**: the payload is [`EventEnvelope::encode`](edupulse_domain::EventEnvelope::encode)
 //!   (the seed-compatible JSON); the headers ([`headers`]) carry `Nats-Msg-Id` = the event id,
 //!   the event type, schema version, stream id and version, global position, content type, and
-//!   the envelope's `traceparent`, correlation and causation ids.
+//!   the envelope's `traceparent`, correlation and causation ids; and the CloudEvents attributes
+//!   in binary content mode (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time`,
+//!   `ce-subject`, `ce-dataschema`, and the extensions `ce-streamversion` and `ce-position`;
+//!   the mapping is in the `cloudevents` module's source and the README). The payload's JSON
+//!   Schemas are the committed files under `schemas/` (see `edupulse_domain::schemas`).
 //!
 //! # Publishing: acknowledged, deduplicated, ordered per stream, pipelined
 //!
@@ -107,6 +111,8 @@
 //! credentials, TLS. Secrets are never printed: [`NatsConfig`]'s `Debug` masks them and URLs in
 //! errors are redacted.
 
+mod asyncapi;
+mod cloudevents;
 mod config;
 mod connect;
 mod consumer;
@@ -115,6 +121,8 @@ mod provision;
 mod publisher;
 mod wire;
 
+pub use asyncapi::asyncapi_document;
+pub use cloudevents::{SOURCE as CE_SOURCE, SPEC_VERSION as CE_SPEC_VERSION, ce_type};
 pub use config::{
     DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_MAX_MESSAGE_BYTES, NatsAuth, NatsConfig, NatsTls, redact_url,

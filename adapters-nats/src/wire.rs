@@ -5,7 +5,8 @@ use bytes::Bytes;
 use edupulse_ports::{PublishError, RecordedEvent};
 
 /// Header names, in one place. Every published event carries the `Edupulse-*` headers below, so a
-/// consumer can route and filter without parsing the payload.
+/// consumer can route and filter without parsing the payload, and the CloudEvents `ce-*` headers
+/// (binary content mode), so CloudEvents-aware consumers work unchanged.
 pub mod headers {
     /// JetStream's deduplication key: the event id.
     pub const MSG_ID: &str = "Nats-Msg-Id";
@@ -29,6 +30,26 @@ pub mod headers {
     pub const CORRELATION_ID: &str = "Edupulse-Correlation-Id";
     /// The causation id from the envelope's metadata.
     pub const CAUSATION_ID: &str = "Edupulse-Causation-Id";
+
+    /// CloudEvents `specversion` (binary content mode; see the `cloudevents` module for the
+    /// whole mapping).
+    pub const CE_SPECVERSION: &str = "ce-specversion";
+    /// CloudEvents `id`: the event id.
+    pub const CE_ID: &str = "ce-id";
+    /// CloudEvents `source`: [`crate::CE_SOURCE`].
+    pub const CE_SOURCE: &str = "ce-source";
+    /// CloudEvents `type`: `edupulse.<EventType>.v<schema version>` ([`crate::ce_type`]).
+    pub const CE_TYPE: &str = "ce-type";
+    /// CloudEvents `time`: the envelope's `occurred_at`.
+    pub const CE_TIME: &str = "ce-time";
+    /// CloudEvents `subject`: the stream (aggregate) id.
+    pub const CE_SUBJECT: &str = "ce-subject";
+    /// CloudEvents `dataschema`: the `$id` of the body's JSON Schema, for known event versions.
+    pub const CE_DATASCHEMA: &str = "ce-dataschema";
+    /// CloudEvents extension `streamversion`: the event's version in its stream.
+    pub const CE_STREAMVERSION: &str = "ce-streamversion";
+    /// CloudEvents extension `position`: the event's global position in the store.
+    pub const CE_POSITION: &str = "ce-position";
 
     /// On a dead letter: why it was dead-lettered.
     pub const DLQ_REASON: &str = "Edupulse-Dlq-Reason";
@@ -127,6 +148,7 @@ pub fn event_headers(event: &RecordedEvent) -> HeaderMap {
     if let Some(id) = &envelope.metadata.causation_id {
         map.insert(names::CAUSATION_ID, id.as_str());
     }
+    crate::cloudevents::insert(&mut map, event);
     map
 }
 
@@ -312,6 +334,60 @@ mod tests {
         let bare = event_headers(&recorded(lesson(), 1, 1));
         assert!(bare.get(headers::TRACEPARENT).is_none());
         assert!(bare.get(headers::CORRELATION_ID).is_none());
+    }
+
+    #[test]
+    fn headers_carry_the_cloudevents_attributes() {
+        let event = recorded(lesson(), 3, 42);
+        let h = event_headers(&event);
+        let get = |name: &str| h.get(name).map(|v| v.as_str().to_owned());
+        let body: serde_json::Value = serde_json::from_slice(&event.envelope.encode()).unwrap();
+        assert_eq!(get(headers::CE_SPECVERSION).as_deref(), Some("1.0"));
+        assert_eq!(get(headers::CE_ID), Some(event.envelope.id.to_string()));
+        assert_eq!(get(headers::CE_ID), get(headers::MSG_ID));
+        assert_eq!(get(headers::CE_SOURCE).as_deref(), Some(crate::CE_SOURCE));
+        assert_eq!(
+            get(headers::CE_TYPE).as_deref(),
+            Some("edupulse.LessonPublished.v1")
+        );
+        // The same text as the body's occurred_at, whatever its sub-second digits.
+        assert_eq!(
+            get(headers::CE_TIME).as_deref(),
+            body["occurred_at"].as_str()
+        );
+        for nanos in [0, 120_000_000, 123_456_000, 123_456_789] {
+            let at = chrono::DateTime::from_timestamp(1_714_560_000, nanos).unwrap();
+            let event = recorded(lesson().with_occurred_at(at), 1, 1);
+            let body: serde_json::Value = serde_json::from_slice(&event.envelope.encode()).unwrap();
+            let h = event_headers(&event);
+            assert_eq!(
+                h.get(headers::CE_TIME).map(|v| v.as_str()),
+                body["occurred_at"].as_str()
+            );
+        }
+        assert_eq!(get(headers::CE_SUBJECT), Some(event.stream_id.to_string()));
+        assert_eq!(
+            get(headers::CE_DATASCHEMA).as_deref(),
+            Some("https://schemas.edupulse.example/events/LessonPublished.v1.json")
+        );
+        assert_eq!(get(headers::CE_STREAMVERSION).as_deref(), Some("3"));
+        assert_eq!(get(headers::CE_POSITION).as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn an_unknown_event_version_has_no_dataschema() {
+        let json = serde_json::json!({
+            "id": Uuid::new_v4(), "aggregate_id": null,
+            "occurred_at": "2024-01-01T00:00:00Z", "version": 7, "metadata": {},
+            "event": {"type": "LessonPublished", "payload": {}}
+        });
+        let envelope = EventEnvelope::decode(json.to_string().as_bytes()).unwrap();
+        let h = event_headers(&recorded(envelope, 1, 1));
+        assert!(h.get(headers::CE_DATASCHEMA).is_none());
+        assert_eq!(
+            h.get(headers::CE_TYPE).map(|v| v.as_str()),
+            Some("edupulse.LessonPublished.v7")
+        );
     }
 
     #[test]

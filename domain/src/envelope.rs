@@ -189,26 +189,63 @@ impl<'de> Deserialize<'de> for EventEnvelope {
     }
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
+/// The wire form. Its field docs are the descriptions of the published JSON Schemas
+/// (`crate::schemas`), which are derived from this struct.
+#[derive(Serialize, schemars::JsonSchema)]
+#[schemars(
+    title = "EventEnvelope",
+    description = "An EduPulse event envelope: the body of every message, in the seed's JSON wire format."
+)]
+pub(crate) struct Wire<'a> {
+    /// Unique id of the event (a UUID, v7 for new events); the broker's deduplication key.
     id: EventId,
+    /// The aggregate the event belongs to, its stream; `null` for a standalone event, whose
+    /// stream id is then its own `id`.
     aggregate_id: Option<StreamId>,
+    /// When the fact happened, set by the producer (RFC 3339, UTC); never used for ordering.
     occurred_at: DateTime<Utc>,
+    /// The schema version of `event.payload`, from 1.
+    #[schemars(range(min = 1))]
     version: u16,
+    /// Context of the event.
     metadata: &'a Metadata,
+    /// The event: its type name and payload.
     event: WireEvent<'a>,
 }
 
-#[derive(Serialize)]
+/// The event carried by an envelope.
+#[derive(Serialize, schemars::JsonSchema)]
+#[schemars(inline)]
 struct WireEvent<'a> {
+    /// The stable event type name: 1 to 64 ASCII letters, digits, `_` or `-`.
     #[serde(rename = "type")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     event_type: &'a str,
+    /// The payload, in the shape of the envelope's `version` of this event type.
     payload: PayloadRef<'a>,
 }
 
 /// Serializes an event's payload straight from its typed value: no intermediate JSON tree on the
 /// relay's hot path (every published event is encoded once).
 struct PayloadRef<'a>(&'a DomainEvent);
+
+/// In the envelope schema, any payload: the schema of each event type and version replaces it
+/// with the payload's own (`crate::schemas`).
+impl schemars::JsonSchema for PayloadRef<'_> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Payload".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The event's payload; its shape is given by the schema of the event type and version (events/<type>.v<version>.json)."
+        })
+    }
+}
 
 impl Serialize for PayloadRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -1,4 +1,5 @@
 use crate::{AmountCents, LessonTitle, Score, ValidationError};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -56,7 +57,8 @@ pub trait EventKind: Into<DomainEvent> {
 }
 
 /// A lesson was published. Schema v1 (unchanged since the seed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(description = "A lesson was published by its author.")]
 pub struct LessonPublished {
     /// The lesson.
     pub lesson_id: Uuid,
@@ -67,11 +69,18 @@ pub struct LessonPublished {
 }
 
 /// A quiz was submitted. Schema v2: v1 (the seed's) had no `max_score`; see [`crate::upcast`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(
+    description = "A student submitted a quiz and got a score (v2: with the best possible score)."
+)]
 pub struct QuizSubmitted {
+    /// The quiz.
     quiz_id: Uuid,
+    /// The student.
     student_id: Uuid,
+    /// The score obtained; never above `max_score`.
     score: Score,
+    /// The best possible score.
     max_score: Score,
 }
 
@@ -134,7 +143,8 @@ impl<'de> Deserialize<'de> for QuizSubmitted {
 }
 
 /// A badge was awarded. Schema v1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(description = "A badge was awarded to a learner.")]
 pub struct BadgeAwarded {
     /// The badge.
     pub badge_id: Uuid,
@@ -143,7 +153,8 @@ pub struct BadgeAwarded {
 }
 
 /// A payment was processed. Schema v1.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(description = "A payment went through.")]
 pub struct PaymentProcessed {
     /// The invoice paid.
     pub invoice_id: Uuid,

@@ -25,6 +25,11 @@
 //!   `aggregate_id`). The seed allowed events without an aggregate; such an event is its own
 //!   single-event stream whose id is the event id ([`EventEnvelope::stream_id`]). It is ordered only
 //!   by the global (commit) order of the store, and `aggregate_id` stays `null` on the wire.
+//! - **Published contracts.** [`schemas`] generates the JSON Schemas (draft 2020-12) of the
+//!   envelope and of every event type and version, from the struct that serializes the envelope
+//!   and the payload types; they are committed under `schemas/` for consumers in other languages,
+//!   and a published version's schema never changes in a way that breaks them (checked by the
+//!   `schemas` test suite). Past payload shapes stay as frozen types ([`schemas::QuizSubmittedV1`]).
 //! - **Untrusted input.** [`EventEnvelope::decode`] bounds the input size and the JSON nesting
 //!   depth before parsing, and never panics (property-tested).
 
@@ -33,6 +38,7 @@ mod error;
 mod events;
 mod ids;
 mod metadata;
+pub mod schemas;
 mod upcast;
 mod values;
 
