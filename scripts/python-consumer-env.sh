@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the virtual environment of the Python consumer example
-# (examples/python-consumer) and prints the path of its python interpreter on stdout.
+# (integration-tests/python-consumer) and prints the path of its python interpreter on stdout.
 #
 # The environment lives in the Cargo target directory (target/python-consumer-venv), so
 # `cargo clean` removes it. It is rebuilt only when the pinned requirements or the Python
@@ -8,7 +8,7 @@
 # later) with the venv module, and PyPI.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-requirements="$root/examples/python-consumer/requirements.txt"
+requirements="$root/integration-tests/python-consumer/requirements.txt"
 target="${CARGO_TARGET_DIR:-$root/target}"
 case "$target" in /*) ;; *) target="$root/$target" ;; esac
 venv="$target/python-consumer-venv"

@@ -1,7 +1,7 @@
 //! Contracts suite: a consumer nobody here wrote reads what the backbone publishes.
 //!
 //! The demo workload runs against real PostgreSQL and NATS in Docker (the relay, concurrent
-//! writers, every event type). Then the Python consumer of `examples/python-consumer`, in the
+//! writers, every event type). Then the Python consumer of `integration-tests/python-consumer`, in the
 //! virtual environment `scripts/python-consumer-env.sh` prepares, reads the broker's stream
 //! using only the published contracts (the committed JSON Schemas, the CloudEvents headers, the
 //! subject layout), and prints its counts; the test holds them against what the store holds.
@@ -88,7 +88,7 @@ async fn the_python_consumer_validates_the_demo_workload() {
     assert_eq!(total, report.appended);
 
     let output = Command::new(&python)
-        .arg(repository_root().join("examples/python-consumer/consume.py"))
+        .arg(repository_root().join("integration-tests/python-consumer/consume.py"))
         .args(["--server", &nats_server.url()])
         .args(["--stream", &nats.stream_name])
         .args(["--subject-prefix", &nats.subject_prefix])
