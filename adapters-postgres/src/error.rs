@@ -7,6 +7,15 @@ use edupulse_ports::StoreError;
 /// TRUNCATE. Dedicated to this schema, so a refusal is recognised by code.
 pub const APPEND_ONLY_SQLSTATE: &str = "EP001";
 
+/// SQLSTATE raised when an INSERT into `events` leaves a gap in a stream's versions (version v
+/// with no v - 1 stored). The store numbers versions itself; only a hand-written row meets it.
+pub const VERSION_GAP_SQLSTATE: &str = "EP002";
+
+/// SQLSTATE raised when an INSERT into `events` carries a `commit_key` other than the one the
+/// store computes (the transaction id, raised to the stream's previous key): a key that would
+/// hide the event from the relay or stall its stream.
+pub const COMMIT_KEY_SQLSTATE: &str = "EP003";
+
 /// Unique constraint on `events (event_id)`.
 pub(crate) const EVENT_ID_KEY: &str = "events_event_id_key";
 /// Unique constraint on `events (stream_id, stream_version)`.
@@ -63,6 +72,8 @@ pub(crate) fn map_sqlx(error: sqlx::Error) -> StoreError {
         StoreError::Unavailable(Box::new(error))
     } else if is_schema_missing(&error) {
         StoreError::SchemaMissing(Box::new(error))
+    } else if is_permission_denied(&error) {
+        StoreError::PermissionDenied(Box::new(error))
     } else {
         StoreError::Internal(Box::new(error))
     }
@@ -77,6 +88,14 @@ fn is_schema_missing(error: &sqlx::Error) -> bool {
     matches!(db.code().as_deref(), Some("42P01" | "42703" | "42883"))
 }
 
+/// Whether the server refused the login the privilege (insufficient_privilege).
+fn is_permission_denied(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    db.code().as_deref() == Some("42501")
+}
+
 /// The same classification for an error several callers share (a failed group append): each
 /// gets its own error carrying the driver error's text.
 pub(crate) fn shared_failure(error: &sqlx::Error) -> StoreError {
@@ -84,6 +103,8 @@ pub(crate) fn shared_failure(error: &sqlx::Error) -> StoreError {
         unavailable(error.to_string())
     } else if is_schema_missing(error) {
         StoreError::SchemaMissing(Box::new(AdapterError(error.to_string())))
+    } else if is_permission_denied(error) {
+        StoreError::PermissionDenied(Box::new(AdapterError(error.to_string())))
     } else {
         internal(error.to_string())
     }

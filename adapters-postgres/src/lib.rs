@@ -123,9 +123,26 @@
 //! # Append-only, enforced by the database
 //!
 //! Triggers refuse UPDATE, DELETE (per row) and TRUNCATE (per statement) on `events`, for every
-//! role including the owner, with SQLSTATE [`APPEND_ONLY_SQLSTATE`]. The role `edupulse_app`
-//! (NOLOGIN; grant it to the login roles of services and the relay) may only SELECT and INSERT
-//! events, and read and write checkpoints and dead letters.
+//! role including the owner, with SQLSTATE [`APPEND_ONLY_SQLSTATE`].
+//!
+//! # Roles with one job each, and rules no INSERT can break
+//!
+//! `migrate` creates two NOLOGIN roles, to be granted to login roles:
+//!
+//! - `edupulse_writer`, for services: SELECT and INSERT on `events`, nothing else;
+//! - `edupulse_relay`, for the relay: SELECT on `events`; checkpoints, leases, parked streams and
+//!   dead letters. It cannot append.
+//!
+//! Migrations run as the schema's owner, a login nothing uses at run time. `edupulse_app`, the
+//! single role of earlier versions, is now only the member of both (no privilege of its own).
+//! A privilege the login lacks is [`StoreError::PermissionDenied`](edupulse_ports::StoreError).
+//!
+//! Granting INSERT would let a hand-written row bypass the append path, so the table checks what
+//! the relay relies on for every INSERT statement, whoever runs it (a statement-level trigger over
+//! the inserted rows, one set-based query): versions follow each other
+//! ([`VERSION_GAP_SQLSTATE`] otherwise), and `commit_key` is exactly the one the store computes
+//! ([`COMMIT_KEY_SQLSTATE`] otherwise), so no row can fall below a saved checkpoint (never read)
+//! or stay above the read horizon (its stream stalled). Rows are refused, never stored as given.
 //!
 //! # Commit hints
 //!
@@ -236,7 +253,7 @@ pub use config::{
     ConfigError, GroupCommitConfig, LeaseConfig, LeaseConfigError, PgStoreConfig, SessionKeepalive,
     StatementLog,
 };
-pub use error::APPEND_ONLY_SQLSTATE;
+pub use error::{APPEND_ONLY_SQLSTATE, COMMIT_KEY_SQLSTATE, VERSION_GAP_SQLSTATE};
 pub use hints::HINT_CHANNEL;
 pub use status::OpenTransaction;
 

@@ -86,7 +86,15 @@ pub enum StoreError {
     /// Not retryable: apply the migrations (`edupulse-events migrate`), then retry.
     #[error("the event store's schema is missing or out of date; run `edupulse-events migrate`")]
     SchemaMissing(#[source] BoxError),
-    /// Any other failure of the backend (permissions, a bug).
+    /// The database refused the operation to this login: its role lacks the privilege (a
+    /// relay's login appending, a writer's login touching checkpoints or leases).
+    ///
+    /// # Handling
+    /// Not retryable: grant the login the role for its job (`edupulse_writer` for services that
+    /// append, `edupulse_relay` for the relay; see the README's configuration section).
+    #[error("the database refused this login the operation: grant it the role for its job")]
+    PermissionDenied(#[source] BoxError),
+    /// Any other failure of the backend (a bug).
     ///
     /// # Handling
     /// Not retryable without an operator. An HTTP API answers 500.

@@ -1,5 +1,6 @@
 //! Security: the application role, as a LOGIN role with its own password, runs the whole
-//! backbone but cannot rewrite history; and a password given in `DATABASE_URL` (or in the NATS
+//! backbone but cannot rewrite history; a writer's login and a relay's login each do their job
+//! and nothing else, and no INSERT can break the rules the relay relies on; and a password given in `DATABASE_URL` (or in the NATS
 //! URL) never appears in the output of the `relay` command, even at `RUST_LOG=debug`, whatever
 //! goes wrong (the CLI runs in a child process whose stdout and stderr are captured).
 
@@ -204,4 +205,215 @@ async fn a_password_in_the_urls_never_appears_in_the_output() {
             all.lines().count()
         );
     }
+}
+
+/// Creates a LOGIN role member of `group` in the cluster; returns its URL to `db`.
+async fn login_in(db: &edupulse_integration_tests::TestDb, group: &str) -> String {
+    let pg = shared_postgres().await;
+    let role = unique_name(group).to_lowercase();
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(db.url()).await.expect("connect");
+    sqlx::query(&format!(
+        r#"CREATE ROLE "{role}" LOGIN PASSWORD '{password}' IN ROLE {group}"#
+    ))
+    .execute(&mut admin)
+    .await
+    .expect("create the login role");
+    format!(
+        "postgres://{role}:{password}@127.0.0.1:{}/{}",
+        pg.port(),
+        db.name()
+    )
+}
+
+/// One refusal: who tried what, and the SQLSTATE the server answered (`None`: accepted).
+struct Attempt {
+    login: &'static str,
+    what: &'static str,
+    sql: String,
+    expected: &'static str,
+}
+
+/// Runs each attempt on its own connection as its login; returns the table rows, asserting
+/// each was refused with its SQLSTATE.
+async fn refusals(urls: &[(&'static str, &str)], attempts: Vec<Attempt>) -> Vec<String> {
+    let mut rows = Vec::new();
+    for attempt in attempts {
+        let url = urls
+            .iter()
+            .find(|(login, _)| *login == attempt.login)
+            .map(|(_, url)| *url)
+            .expect("a known login");
+        let mut conn = PgConnection::connect(url).await.expect("connect");
+        let code = match sqlx::query(&attempt.sql).execute(&mut conn).await {
+            Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            Err(e) => panic!("{}: {e}", attempt.what),
+            Ok(_) => None,
+        };
+        assert_eq!(
+            code.as_deref(),
+            Some(attempt.expected),
+            "{} as {}: {}",
+            attempt.what,
+            attempt.login,
+            attempt.sql
+        );
+        rows.push(format!(
+            "| {} | {} | refused, SQLSTATE {} |",
+            attempt.login, attempt.what, attempt.expected
+        ));
+    }
+    rows
+}
+
+/// A raw row for `stream` at `version` with `commit_key` (an SQL expression).
+fn raw_insert(stream: uuid::Uuid, version: i64, commit_key: &str) -> String {
+    format!(
+        "INSERT INTO events (commit_key, event_id, stream_id, stream_version, aggregate_id, \
+                             event_type, schema_version, occurred_at, payload) \
+         VALUES ({commit_key}, '{}', '{stream}', {version}, '{stream}', 'BadgeAwarded', 1, now(), \
+                 jsonb_build_object('badge_id', '{stream}', 'recipient_id', '{stream}'))",
+        uuid::Uuid::new_v4()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_does_its_job_and_nothing_else() {
+    let db = fresh_database().await;
+    let writer = login_in(&db, "edupulse_writer").await;
+    let relay_url = login_in(&db, "edupulse_relay").await;
+
+    // The backbone with a writer's login for the services and a relay's login for the relay.
+    let nats = shared_nats().await;
+    let run = Run::start("roles", &writer, vec![nats.url()]).await;
+    let relay_backbone = edupulse_app::wiring::Backbone::connect(
+        &crate::workload::pg_config(&relay_url),
+        run.nats.clone(),
+    )
+    .await
+    .expect("the relay's login connects");
+    let relay = edupulse_app::wiring::spawn_relay(relay_backbone.relay(run.relay_config()), None)
+        .await
+        .expect("spawn the relay as its login");
+    run.writers(Workload {
+        writers: 2,
+        until: Until::AppendsPerWriter(50),
+        ..Workload::default()
+    })
+    .finish()
+    .await;
+    // The relay's login cannot append through the store either, with a typed error.
+    let stream = StreamId::new();
+    let refused = edupulse_ports::EventAppender::append(
+        &*relay_backbone.store,
+        stream,
+        ExpectedVersion::NoStream,
+        vec![event(stream, &run.name, 1)],
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(edupulse_ports::StoreError::PermissionDenied(_))
+        ),
+        "{refused:?}"
+    );
+    let mut figures = run
+        .finish("roles_writer_and_relay_logins", &HashSet::new())
+        .await;
+    Run::stop_relay(relay).await;
+    figures.notes =
+        "services as an edupulse_writer login, the relay as an edupulse_relay login".into();
+    figures.report_and_check();
+
+    // Everything outside each role's job is refused, with the SQLSTATE a caller sees.
+    let (old, fresh) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let mut conn = PgConnection::connect(&writer).await.expect("connect");
+    sqlx::query(&raw_insert(old, 1, "pg_current_xact_id()::text::int8"))
+        .execute(&mut conn)
+        .await
+        .expect("a hand-written row that keeps the rules is stored");
+    let forged = |what, sql: String, expected| Attempt {
+        login: "writer",
+        what,
+        sql,
+        expected,
+    };
+    let mut attempts = vec![
+        forged(
+            "INSERT a commit key below the transaction's (0)",
+            raw_insert(fresh, 1, "0"),
+            "EP003",
+        ),
+        forged(
+            "INSERT a commit key far above it (i64::MAX)",
+            raw_insert(fresh, 1, "9223372036854775807"),
+            "EP003",
+        ),
+        forged(
+            "INSERT version 2 with the commit key of a transaction long gone",
+            raw_insert(old, 2, "1"),
+            "EP003",
+        ),
+        forged(
+            "INSERT version 5 of a stream at version 1 (a gap)",
+            raw_insert(old, 5, "pg_current_xact_id()::text::int8"),
+            "EP002",
+        ),
+        forged(
+            "INSERT version 1 again (a forged version)",
+            raw_insert(old, 1, "pg_current_xact_id()::text::int8"),
+            "23505",
+        ),
+        forged(
+            "UPDATE the relay's checkpoint",
+            "UPDATE relay_checkpoints SET position = position + 1000".into(),
+            "42501",
+        ),
+        forged(
+            "INSERT a lease",
+            "INSERT INTO leases (name, holder, epoch, expires_at) \
+             VALUES ('x', 'writer', 1, now())"
+                .into(),
+            "42501",
+        ),
+        forged(
+            "DELETE parked streams",
+            "DELETE FROM relay_parked_streams".into(),
+            "42501",
+        ),
+        forged(
+            "read the dead letters",
+            "SELECT * FROM relay_dead_letters".into(),
+            "42501",
+        ),
+        forged(
+            "UPDATE an event",
+            "UPDATE events SET payload = '{}'::jsonb".into(),
+            "42501",
+        ),
+    ];
+    attempts.push(Attempt {
+        login: "relay",
+        what: "INSERT an event that keeps the rules",
+        sql: raw_insert(fresh, 1, "pg_current_xact_id()::text::int8"),
+        expected: "42501",
+    });
+    attempts.push(Attempt {
+        login: "relay",
+        what: "DELETE an event",
+        sql: "DELETE FROM events".into(),
+        expected: "42501",
+    });
+    let rows = refusals(&[("writer", &writer), ("relay", &relay_url)], attempts).await;
+    println!(
+        "| login | attempt | answer |\n|---|---|---|\n{}",
+        rows.join("\n")
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE stream_id = ANY($1)")
+        .bind(vec![old, fresh])
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    assert_eq!(stored, 1, "nothing refused was stored");
 }
