@@ -39,9 +39,18 @@ GRANT SELECT, INSERT ON relay_dead_letters TO edupulse_relay;
 GRANT SELECT, INSERT, UPDATE ON leases TO edupulse_relay;
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay_parked_streams TO edupulse_relay;
 
-REVOKE ALL ON events, relay_checkpoints, relay_dead_letters, leases, relay_parked_streams
-    FROM edupulse_app;
-GRANT edupulse_writer, edupulse_relay TO edupulse_app;
+-- Granting role membership needs CREATEROLE (or ADMIN on the roles). An owner without it keeps
+-- edupulse_app's own privileges as they were, so existing logins keep working either way.
+DO $$
+BEGIN
+    GRANT edupulse_writer, edupulse_relay TO edupulse_app;
+    REVOKE ALL ON events, relay_checkpoints, relay_dead_letters, leases, relay_parked_streams
+        FROM edupulse_app;
+EXCEPTION
+    WHEN insufficient_privilege THEN
+        RAISE NOTICE 'edupulse_app keeps its own privileges: granting it edupulse_writer and edupulse_relay needs CREATEROLE';
+END
+$$;
 
 -- What the relay relies on, checked once per INSERT statement over the rows it inserted (a
 -- transition table: one set-based query, not a trigger call per row):
