@@ -19,8 +19,9 @@
 //! `fsync` on) as for `demo`. Each run works in a database of its own (`edupulse_bench_<id>`,
 //! dropped at the end) and JetStream streams and subjects of its own (deleted at the end), so it
 //! can run against shared servers without touching their data. If the database cannot be created
-//! (no `CREATEDB`), the given database is used: events appended by the bench then stay in its
-//! append-only events table, so only do that on a scratch database.
+//! (no `CREATEDB`), the bench stops: it writes into the given database only when told to
+//! (`--bench-database given`), since the events it appends would stay in that database's
+//! append-only events table.
 //!
 //! CPU time per event is reported per phase for the client (this process, or the relay process
 //! during the catch-up) and, when the bench started the servers in Docker, for PostgreSQL and
@@ -40,7 +41,7 @@ mod workload;
 pub use catchup::RelayMode;
 pub use report::BenchReport;
 
-use crate::cli::{BenchArgs, BenchPhase};
+use crate::cli::{BenchArgs, BenchDatabase, BenchPhase};
 use edupulse_app::wiring::WiringError;
 use edupulse_domain::Uuid;
 use edupulse_integration_tests::local::{BrokerSync, DockerError, LocalNats, LocalServers};
@@ -97,6 +98,13 @@ pub enum BenchError {
         /// Appends given up.
         appends: u64,
     },
+    /// The bench could not create a database of its own beside the given one; it never writes
+    /// into the given database unless told to (`--bench-database given`).
+    #[error(
+        "cannot create the bench's own database ({0}); grant CREATEDB, or pass \
+         --bench-database given to write into the given (scratch) database"
+    )]
+    OwnDatabase(String),
     /// The live phase's events, judged by the checker, were not each stored once in order.
     #[error("the checker's verdict on the live phase: {0}")]
     Verdict(String),
@@ -175,7 +183,12 @@ pub async fn run_with(args: &BenchArgs, options: &BenchOptions) -> Result<BenchR
     nats.nats_stream = format!("BENCH_{run_id}");
     nats.subject_prefix = format!("bench-{run_id}");
     let given = pg.store_config()?.url;
-    let database = Scratch::create(&given, &format!("edupulse_bench_{run_id}")).await;
+    let database = match args.bench_database {
+        BenchDatabase::Own => {
+            Scratch::create(&given, &format!("edupulse_bench_{run_id}")).await?
+        }
+        BenchDatabase::Given => Scratch::given(),
+    };
     let url = database.url.clone().unwrap_or_else(|| given.clone());
     pg.database_url = Some(url.clone());
 
@@ -199,7 +212,11 @@ struct Scratch {
 }
 
 impl Scratch {
-    async fn create(given: &SecretString, name: &str) -> Self {
+    /// Creates the bench's own database beside `given`.
+    async fn create(given: &SecretString, name: &str) -> Result<Self, BenchError> {
+        let mut url = url::Url::parse(given.expose_secret())
+            .map_err(|_| BenchError::OwnDatabase("the database URL is not understood".into()))?;
+        url.set_path(&format!("/{name}"));
         let created = async {
             let mut conn = sqlx::PgConnection::connect(given.expose_secret()).await?;
             sqlx::query(&format!(r#"CREATE DATABASE "{name}""#))
@@ -209,28 +226,18 @@ impl Scratch {
             Ok::<_, sqlx::Error>(())
         }
         .await;
-        let url = url::Url::parse(given.expose_secret()).ok().map(|mut u| {
-            u.set_path(&format!("/{name}"));
-            SecretString::from(u.to_string())
-        });
-        match (created, url) {
-            (Ok(()), Some(url)) => Self {
-                name: name.to_owned(),
-                url: Some(url),
-            },
-            (created, _) => {
-                eprintln!(
-                    "warning: cannot create a database of the bench's own ({}); using the given \
-                     database: the events the bench appends stay in its events table",
-                    created
-                        .err()
-                        .map_or("URL not understood".into(), |e| e.to_string())
-                );
-                Self {
-                    name: name.to_owned(),
-                    url: None,
-                }
-            }
+        created.map_err(|e| BenchError::OwnDatabase(e.to_string()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            url: Some(SecretString::from(url.to_string())),
+        })
+    }
+
+    /// The given database, used as it is (`--bench-database given`).
+    fn given() -> Self {
+        Self {
+            name: String::new(),
+            url: None,
         }
     }
 

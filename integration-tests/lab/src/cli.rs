@@ -70,6 +70,20 @@ pub struct BenchArgs {
     /// Where to write the JSON report and the SVG chart.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
+    /// Which database the bench writes into, when `DATABASE_URL` is given.
+    #[arg(long, value_enum, default_value_t = BenchDatabase::Own)]
+    pub bench_database: BenchDatabase,
+}
+
+/// Which database the bench writes into (`--bench-database`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchDatabase {
+    /// A database of its own, created beside the given one and dropped at the end (needs
+    /// `CREATEDB`); the bench stops if it cannot create it.
+    Own,
+    /// The given database itself: the events the bench appends stay in its append-only events
+    /// table. Only for a scratch database.
+    Given,
 }
 
 /// A phase of `bench` that can be selected with `--only`.

@@ -5,7 +5,7 @@
 use edupulse_app::cli::{NatsArgs, PgArgs};
 use edupulse_integration_tests::{fresh_database, shared_nats, unique_name};
 use edupulse_lab::bench::{self, BenchOptions, RelayMode};
-use edupulse_lab::cli::BenchArgs;
+use edupulse_lab::cli::{BenchArgs, BenchDatabase};
 use secrecy::SecretString;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,6 +38,7 @@ async fn quick_bench_runs_and_writes_its_outputs() {
         quick: true,
         backlog: 5_000,
         out: out.clone(),
+        bench_database: BenchDatabase::Own,
     };
     // In process: the test binary is not `edupulse-events`, so it cannot run the `relay` command.
     let options = BenchOptions {
