@@ -67,12 +67,12 @@ pub struct PgArgs {
     pub pg_tcp_user_timeout_ms: u64,
 }
 
-/// NATS connection and stream options.
-#[derive(Debug, Clone, Args)]
+/// NATS connection and stream options. `Debug` shows the URLs without their credentials.
+#[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL(s), comma separated, e.g. `nats://n1:4222,nats://n2:4222`. Use `tls://` to
-    /// require TLS.
-    #[arg(long, env = "NATS_URL", value_delimiter = ',')]
+    /// require TLS. A user and password in them are never printed.
+    #[arg(long, env = "NATS_URL", value_delimiter = ',', hide_env_values = true)]
     pub nats_url: Vec<String>,
     /// JetStream stream holding the events (created or checked at start).
     #[arg(long, env = "EDUPULSE_NATS_STREAM", default_value = "EDUPULSE_EVENTS")]
@@ -105,6 +105,21 @@ pub struct NatsArgs {
         default_value_t = 120
     )]
     pub nats_duplicate_window_secs: u64,
+}
+
+impl std::fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self
+            .nats_url
+            .iter()
+            .map(|u| edupulse_nats::redact_url(u))
+            .collect();
+        f.debug_struct("NatsArgs")
+            .field("nats_url", &urls)
+            .field("nats_stream", &self.nats_stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The commands.
@@ -304,6 +319,16 @@ mod tests {
         .unwrap();
         let printed = format!("{cli:?}");
         assert!(!printed.contains("sentinel-pw"), "{printed}");
+        let cli = Cli::try_parse_from([
+            "edupulse-events",
+            "tail",
+            "--nats-url",
+            "nats://u:sentinel-pw@h:4222,tls://u:sentinel-pw@h2:4222",
+        ])
+        .unwrap();
+        let printed = format!("{cli:?}");
+        assert!(!printed.contains("sentinel-pw"), "{printed}");
+        assert!(printed.contains("h2:4222"), "{printed}");
     }
 
     #[test]

@@ -184,9 +184,7 @@ pub async fn run_with(args: &BenchArgs, options: &BenchOptions) -> Result<BenchR
     nats.subject_prefix = format!("bench-{run_id}");
     let given = pg.store_config()?.url;
     let database = match args.bench_database {
-        BenchDatabase::Own => {
-            Scratch::create(&given, &format!("edupulse_bench_{run_id}")).await?
-        }
+        BenchDatabase::Own => Scratch::create(&given, &format!("edupulse_bench_{run_id}")).await?,
         BenchDatabase::Given => Scratch::given(),
     };
     let url = database.url.clone().unwrap_or_else(|| given.clone());
