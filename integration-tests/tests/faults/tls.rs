@@ -5,13 +5,26 @@
 //! certificate). The backbone runs with `sslmode=verify-full`; each misconfiguration (wrong CA,
 //! wrong host name, no TLS, wrong password, missing client certificate) is refused with one line,
 //! printed as a row of the refusals table (`target/faults-refusals.md`).
+//!
+//! NATS requires TLS of every client and knows nkey users only, each with its permissions. The
+//! backbone runs with the relay's and a consumer's least permissions (the README's example,
+//! proven here); a relay whose user may not publish events retries without busy-looping and
+//! loses nothing; a consumer's user cannot publish events; a wrong CA, a server without TLS, an
+//! unknown key and missing credentials are each refused with one line.
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use edupulse_app::wiring::{Backbone, spawn_relay};
+use edupulse_nats::{ConnectError, NatsAuth, NatsConfig};
+use secrecy::{ExposeSecret as _, SecretString};
 
 use edupulse_integration_tests::postgres::PG_PASSWORD;
-use edupulse_integration_tests::tls::{Issued, Pki, Role, start_postgres_tls};
-use edupulse_integration_tests::{PgContainer, shared_nats, unique_name};
+use edupulse_integration_tests::tls::{
+    Issued, NATS_CONFIG_DIR, NatsUser, Pki, Role, start_nats_with_config, start_postgres_tls,
+};
+use edupulse_integration_tests::{PgContainer, fresh_database, shared_nats, unique_name};
 use edupulse_ports::StoreError;
 use edupulse_postgres::PgEventStore;
 use sqlx::{Connection as _, Executor as _, PgConnection};
@@ -291,4 +304,314 @@ async fn postgres_refuses_a_wrong_ca_host_password_or_missing_client_certificate
     store_connect(&as_cert_role.with(&with_client_cert))
         .await
         .unwrap_or_else(|(line, _)| panic!("with the client certificate: {line}"));
+}
+
+// ---- NATS: TLS, nkey users, least permissions ----
+
+/// What the relay's user may do, for event stream `stream` and subject prefix `prefix`:
+/// publish events (`<prefix>.<type>.<stream id>`), and the JetStream API calls of the relay:
+/// account info, stream info, create and update (provisioning, both streams), and the last
+/// message of a subject (the publish fence). Replies come on `_INBOX.>`.
+fn relay_permissions(stream: &str, prefix: &str) -> String {
+    format!(
+        r#"{{
+      publish: {{ allow: [
+        "{prefix}.*.*",
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.{stream}", "$JS.API.STREAM.INFO.{stream}_DLQ",
+        "$JS.API.STREAM.CREATE.{stream}", "$JS.API.STREAM.CREATE.{stream}_DLQ",
+        "$JS.API.STREAM.UPDATE.{stream}", "$JS.API.STREAM.UPDATE.{stream}_DLQ",
+        "$JS.API.STREAM.MSG.GET.{stream}", "$JS.API.DIRECT.GET.{stream}.>"
+      ] }}
+      subscribe: {{ allow: ["_INBOX.>"] }}
+    }}"#
+    )
+}
+
+/// What a consumer's user may do, for durable consumer `durable`: read stream info, create and
+/// read its own consumer, acknowledge, and publish dead letters under its own name. No event
+/// subject.
+fn consumer_permissions(stream: &str, prefix: &str, durable: &str) -> String {
+    format!(
+        r#"{{
+      publish: {{ allow: [
+        "$JS.API.INFO",
+        "$JS.API.STREAM.INFO.{stream}", "$JS.API.STREAM.INFO.{stream}_DLQ",
+        "$JS.API.CONSUMER.CREATE.{stream}.{durable}", "$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+        "$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        "$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        "$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        "$JS.ACK.{stream}.{durable}.>",
+        "{prefix}-dlq.{durable}.>"
+      ] }}
+      subscribe: {{ allow: ["_INBOX.>"] }}
+    }}"#
+    )
+}
+
+/// The relay's permissions without the event subjects: the JetStream API answers, publishes
+/// are refused.
+fn relay_permissions_without_events(stream: &str, prefix: &str) -> String {
+    relay_permissions(stream, prefix).replace(&format!("\"{prefix}.*.*\","), "")
+}
+
+/// A NATS server of the test's own: TLS required of every client (`tls` block, the server's
+/// certificate naming `localhost` and `127.0.0.1`), nkey users only, each with its permissions
+/// (`None`: everything).
+struct SecureNats {
+    pki: Pki,
+    nats: edupulse_integration_tests::NatsContainer,
+}
+
+impl SecureNats {
+    async fn start(users: &[(&NatsUser, Option<String>)]) -> Self {
+        let pki = Pki::new("nats-ca");
+        let server = pki.issue(
+            "nats-server",
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            Role::Server,
+        );
+        let users: Vec<String> = users
+            .iter()
+            .map(|(user, permissions)| match permissions {
+                None => format!("{{ nkey: \"{}\" }}", user.public_key()),
+                Some(p) => format!("{{ nkey: \"{}\", permissions: {p} }}", user.public_key()),
+            })
+            .collect();
+        let config = format!(
+            "tls {{\n  cert_file: \"{dir}/server.crt\"\n  key_file: \"{dir}/server.key\"\n  \
+             timeout: 2\n}}\nauthorization {{\n  users = [\n    {}\n  ]\n}}\n",
+            users.join("\n    "),
+            dir = NATS_CONFIG_DIR
+        );
+        let nats = start_nats_with_config(
+            &config,
+            &[
+                ("server.crt", server.cert_pem.clone()),
+                ("server.key", server.key_pem.clone()),
+            ],
+        )
+        .await;
+        Self { pki, nats }
+    }
+
+    /// `tls://127.0.0.1:PORT`.
+    fn url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.nats.port())
+    }
+
+    /// The run's NATS configuration as `user`, TLS required, trusting this server's CA.
+    fn config(&self, name: &str, user: &NatsUser) -> NatsConfig {
+        let mut config = nats_config(vec![self.url()], name);
+        config.tls.require_tls = true;
+        config.tls.root_ca = Some(self.pki.ca_file().to_owned());
+        config.auth = NatsAuth::NkeySeed(SecretString::from(user.seed()));
+        config
+    }
+}
+
+/// Publishes one message to `subject` as `config` says and returns the refusal: the publish's
+/// error and the server's error line (a permissions violation is only reported there).
+async fn refused_publish(config: &NatsConfig, subject: String) -> String {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let NatsAuth::NkeySeed(seed) = &config.auth else {
+        unreachable!("nkey users only")
+    };
+    let client = async_nats::ConnectOptions::with_nkey(seed.expose_secret().to_owned())
+        .require_tls(true)
+        .add_root_certificates(config.tls.root_ca.clone().expect("a CA"))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(config.servers.clone())
+        .await
+        .expect("connect");
+    let js = edupulse_nats::jetstream_context(client, config);
+    let published = match js.publish(subject, "{}".into()).await {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| one_line(&e)),
+        Err(e) => Err(one_line(&e)),
+    };
+    let publish_error = published.expect_err("the publish was acknowledged");
+    let server = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "(no server error)".to_owned());
+    format!("{publish_error}; server: {server}")
+}
+
+/// How many messages `stream` holds, asked as `config`'s user.
+async fn messages_in(config: &NatsConfig) -> u64 {
+    let client = edupulse_nats::connect(config).await.expect("connect");
+    let js = edupulse_nats::jetstream_context(client, config);
+    let mut stream = js
+        .get_stream(&config.stream_name)
+        .await
+        .expect("the stream");
+    stream.info().await.expect("stream info").state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_tls_with_nkey_users_and_least_permissions() {
+    let name = unique_name("nats_tls");
+    let stream = name.to_uppercase();
+    let (admin, relay_user, consumer_user, no_events) = (
+        NatsUser::new(),
+        NatsUser::new(),
+        NatsUser::new(),
+        NatsUser::new(),
+    );
+    let secure = SecureNats::start(&[
+        (&admin, None),
+        (&relay_user, Some(relay_permissions(&stream, &name))),
+        (
+            &consumer_user,
+            Some(consumer_permissions(&stream, &name, &name)),
+        ),
+        (
+            &no_events,
+            Some(relay_permissions_without_events(&stream, &name)),
+        ),
+    ])
+    .await;
+    let db = fresh_database().await;
+    let pg = pg_config(db.url());
+    // The run's own client (the writers' store, reading the broker's copy back) is the admin;
+    // the consumer and the relays have their own users.
+    let run = Run::start_with_consumer(
+        name.clone(),
+        pg.clone(),
+        secure.config(&name, &admin),
+        Some(secure.config(&name, &consumer_user)),
+    )
+    .await;
+
+    // First a relay whose user may not publish events: every publish is refused (it times
+    // out), the relay retries with backoff, publishes nothing and loses nothing.
+    let blocked = Backbone::connect(&pg, secure.config(&name, &no_events))
+        .await
+        .expect("the relay's user can provision (stream info)");
+    let blocked = spawn_relay(blocked.relay(run.relay_config()), None)
+        .await
+        .expect("spawn relay");
+    run.writers(Workload {
+        writers: 2,
+        until: Until::AppendsPerWriter(50),
+        ..Workload::default()
+    })
+    .finish()
+    .await;
+    let window = Duration::from_secs(8);
+    tokio::time::sleep(window).await;
+    let stuck = blocked.stats.snapshot();
+    Run::stop_relay(blocked).await;
+    assert_eq!(stuck.published, 0, "{stuck:?}");
+    // Each attempt waits for its acknowledgement (2 s) and backs off: a handful of retries,
+    // never a busy loop.
+    assert!(
+        (1..=20).contains(&stuck.retries),
+        "retries in {window:?}: {stuck:?}"
+    );
+    let line = refused_publish(
+        &secure.config(&name, &no_events),
+        format!("{name}.LessonPublished.{}", uuid::Uuid::new_v4()),
+    )
+    .await;
+    report_refusal(
+        &format!(
+            "NATS relay user without publish permission on events ({} retries in {window:?}, 0 published)",
+            stuck.retries
+        ),
+        &line,
+    );
+    assert!(!line.contains('\n'), "{line}");
+
+    // The consumer's user cannot publish events either.
+    let before = messages_in(&secure.config(&name, &admin)).await;
+    let line = refused_publish(
+        &secure.config(&name, &consumer_user),
+        format!("{name}.LessonPublished.{}", uuid::Uuid::new_v4()),
+    )
+    .await;
+    report_refusal("NATS consumer user publishing an event", &line);
+    assert_eq!(messages_in(&secure.config(&name, &admin)).await, before);
+
+    // Then the relay with its documented permissions: everything is published, once.
+    let relay = Backbone::connect(&pg, secure.config(&name, &relay_user))
+        .await
+        .expect("the relay's user provisions");
+    let relay = spawn_relay(relay.relay(run.relay_config()), None)
+        .await
+        .expect("spawn relay");
+    let healed = Instant::now();
+    let recovery = run.caught_up_since(healed).await;
+    let mut figures = run
+        .finish("nats_tls_nkey_permissions", &HashSet::new())
+        .await;
+    Run::stop_relay(relay).await;
+    figures.recovery = recovery;
+    figures.notes = format!(
+        "tls:// + CA, nkey users; a relay without event permission first ({} retries in {window:?})",
+        stuck.retries
+    );
+    figures.report_and_check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_refuses_a_wrong_ca_plain_server_or_unknown_key_with_one_line() {
+    let name = unique_name("nats_refusals");
+    let user = NatsUser::new();
+    let secure = SecureNats::start(&[(&user, None)]).await;
+    let other = Pki::new("other-ca");
+    let plain = shared_nats().await;
+
+    let good = secure.config(&name, &user);
+    edupulse_nats::connect(&good)
+        .await
+        .expect("the right CA and key connect");
+
+    let mut wrong_ca = good.clone();
+    wrong_ca.tls.root_ca = Some(other.ca_file().to_owned());
+    let mut plain_server = good.clone();
+    plain_server.servers = vec![plain.url()];
+    let mut unknown_key = good.clone();
+    let stranger = NatsUser::new();
+    unknown_key.auth = NatsAuth::NkeySeed(SecretString::from(stranger.seed()));
+    let mut no_credentials = good.clone();
+    no_credentials.auth = NatsAuth::None;
+    let cases = [
+        ("NATS tls://, CA of another authority", wrong_ca, "tls"),
+        (
+            "NATS --nats-tls-required, server without TLS",
+            plain_server,
+            "tls",
+        ),
+        ("NATS nkey the server does not know", unknown_key, "auth"),
+        ("NATS without credentials", no_credentials, "auth"),
+    ];
+    for (what, config, kind) in cases {
+        let error = edupulse_nats::connect(&config)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{what}: connected"));
+        let line = one_line(&error);
+        report_refusal(what, &line);
+        assert!(!line.contains('\n'), "{what}: {line}");
+        assert!(!line.contains(&user.seed()), "{what}: {line}");
+        assert!(!line.contains(&stranger.seed()), "{what}: {line}");
+        assert!(!error.is_retryable(), "{what}: {line}");
+        match kind {
+            "tls" => assert!(matches!(error, ConnectError::Tls(_)), "{what}: {error:?}"),
+            _ => assert!(
+                matches!(error, ConnectError::AuthFailed(_)),
+                "{what}: {error:?}"
+            ),
+        }
+    }
 }
