@@ -192,8 +192,7 @@ async fn postgres_verify_full_with_scram_runs_the_backbone() {
     figures.report_and_check();
 }
 
-/// What a connection attempt of the store gave: its one line, and whether it was refused as
-/// a retryable outage.
+/// What a connection attempt of the store gave: its one line and its error.
 async fn store_connect(url: &str) -> Result<(), (String, StoreError)> {
     match PgEventStore::connect(&pg_config(url)).await {
         Ok(store) => {
@@ -298,6 +297,8 @@ async fn postgres_refuses_a_wrong_ca_host_password_or_missing_client_certificate
         assert!(!line.contains(PG_PASSWORD), "{what}: {line}");
         assert!(!line.contains(&cert_password), "{what}: {line}");
         assert_eq!(sqlstate(&error).as_deref(), code, "{what}: {line}");
+        // A configuration mistake, not an outage: retrying would not help.
+        assert!(!error.is_retryable(), "{what}: {line}");
     }
 
     // The same role with its certificate (and its password) gets in.
