@@ -7,7 +7,8 @@
 //!   certificates and a `pg_hba.conf` of the test's choosing.
 //! - [`start_nats_with_config`]: NATS with a configuration file of the test's choosing (a `tls`
 //!   block, users and permissions) and the files it names.
-//! - [`NatsUser`]: a NATS user key pair (nkey).
+//! - [`NatsUser`]: a NATS user key pair (nkey); [`NatsOperator`]: an operator and an account
+//!   signing user JWTs into credentials files (decentralised authentication).
 //!
 //! The images stay as they are: files are copied into the container when it is created, and
 //! PostgreSQL's entrypoint is wrapped by a shell line that gives the server a private copy of
@@ -129,6 +130,18 @@ impl Pki {
         write(&issued.cert_file, &issued.cert_pem);
         write(&issued.key_file, &issued.key_pem);
         issued
+    }
+
+    /// Writes `text` to `name` in this `Pki`'s directory (a credentials file, a seed), removed
+    /// with it; returns the path.
+    ///
+    /// # Panics
+    ///
+    /// When the file cannot be written.
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        write(&path, text);
+        path
     }
 }
 
@@ -257,4 +270,123 @@ impl Default for NatsUser {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A NATS operator with one account, for decentralised authentication: the server trusts the
+/// operator's JWT and has the account's JWT preloaded ([`NatsOperator::server_config`]); users
+/// get credentials files (a user JWT signed by the account, and the user's seed) from
+/// [`NatsOperator::credentials`]. JetStream is enabled for the account, without limits.
+pub struct NatsOperator {
+    operator: nkeys::KeyPair,
+    account: nkeys::KeyPair,
+    /// The server's own account (JetStream needs one in operator mode).
+    system: nkeys::KeyPair,
+}
+
+impl std::fmt::Debug for NatsOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsOperator")
+            .field("operator", &self.operator.public_key())
+            .field("account", &self.account.public_key())
+            .finish()
+    }
+}
+
+impl NatsOperator {
+    /// A new operator and account, with random keys.
+    pub fn new() -> Self {
+        Self {
+            operator: nkeys::KeyPair::new_operator(),
+            account: nkeys::KeyPair::new_account(),
+            system: nkeys::KeyPair::new_account(),
+        }
+    }
+
+    /// The server configuration's lines for this operator: `operator`, the system account, a
+    /// memory resolver with both accounts' JWTs preloaded.
+    pub fn server_config(&self) -> String {
+        let operator = jwt(
+            &self.operator,
+            &self.operator.public_key(),
+            "edupulse-test-operator",
+            serde_json::json!({ "type": "operator", "version": 2 }),
+        );
+        let limits = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+        });
+        let account = jwt(
+            &self.operator,
+            &self.account.public_key(),
+            "edupulse-test-account",
+            serde_json::json!({ "limits": limits, "type": "account", "version": 2 }),
+        );
+        let system = jwt(
+            &self.operator,
+            &self.system.public_key(),
+            "edupulse-test-system",
+            serde_json::json!({ "type": "account", "version": 2 }),
+        );
+        format!(
+            "operator: \"{operator}\"\nsystem_account: {system_key}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: \"{account}\"\n  {system_key}: \"{system}\"\n}}\n",
+            self.account.public_key(),
+            system_key = self.system.public_key(),
+        )
+    }
+
+    /// A credentials file's text for `user`, signed by this operator's account, with
+    /// `permissions` (`{"pub": {"allow": [...]}, "sub": {...}}`; `None`: everything).
+    pub fn credentials(&self, user: &NatsUser, permissions: Option<serde_json::Value>) -> String {
+        let mut claims = serde_json::json!({
+            "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2,
+        });
+        if let (Some(serde_json::Value::Object(p)), Some(c)) = (permissions, claims.as_object_mut())
+        {
+            c.extend(p);
+        }
+        let token = jwt(
+            &self.account,
+            &user.public_key(),
+            "edupulse-test-user",
+            claims,
+        );
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed()
+        )
+    }
+}
+
+impl Default for NatsOperator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A JWT as NATS reads it: `ed25519-nkey` signature by `issuer` over `header.claims`, both
+/// base64url without padding; `nats` is the type-specific part of the claims.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claims = serde_json::json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": issued_at,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = b64.encode(claims.to_string());
+    let signed = format!("{header}.{claims}");
+    let signature = issuer
+        .sign(signed.as_bytes())
+        .expect("a generated key can sign");
+    format!("{signed}.{}", b64.encode(signature))
 }

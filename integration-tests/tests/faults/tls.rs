@@ -22,7 +22,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 
 use edupulse_integration_tests::postgres::PG_PASSWORD;
 use edupulse_integration_tests::tls::{
-    Issued, NATS_CONFIG_DIR, NatsUser, Pki, Role, start_nats_with_config, start_postgres_tls,
+    Issued, NATS_CONFIG_DIR, NatsOperator, NatsUser, Pki, Role, start_nats_with_config,
+    start_postgres_tls,
 };
 use edupulse_integration_tests::{PgContainer, fresh_database, shared_nats, unique_name};
 use edupulse_ports::StoreError;
@@ -366,13 +367,6 @@ struct SecureNats {
 
 impl SecureNats {
     async fn start(users: &[(&NatsUser, Option<String>)]) -> Self {
-        let pki = Pki::new("nats-ca");
-        let server = pki.issue(
-            "nats-server",
-            "localhost",
-            &["localhost", "127.0.0.1"],
-            Role::Server,
-        );
         let users: Vec<String> = users
             .iter()
             .map(|(user, permissions)| match permissions {
@@ -380,10 +374,26 @@ impl SecureNats {
                 Some(p) => format!("{{ nkey: \"{}\", permissions: {p} }}", user.public_key()),
             })
             .collect();
+        Self::start_with_auth(&format!(
+            "authorization {{\n  users = [\n    {}\n  ]\n}}\n",
+            users.join("\n    ")
+        ))
+        .await
+    }
+
+    /// The server with `auth` as its authentication lines (`authorization {…}`, or an
+    /// operator's).
+    async fn start_with_auth(auth: &str) -> Self {
+        let pki = Pki::new("nats-ca");
+        let server = pki.issue(
+            "nats-server",
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            Role::Server,
+        );
         let config = format!(
             "tls {{\n  cert_file: \"{dir}/server.crt\"\n  key_file: \"{dir}/server.key\"\n  \
-             timeout: 2\n}}\nauthorization {{\n  users = [\n    {}\n  ]\n}}\n",
-            users.join("\n    "),
+             timeout: 2\n}}\n{auth}",
             dir = NATS_CONFIG_DIR
         );
         let nats = start_nats_with_config(
@@ -615,4 +625,49 @@ async fn nats_refuses_a_wrong_ca_plain_server_or_unknown_key_with_one_line() {
             ),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_file_of_an_operator_account_runs_the_backbone() {
+    let name = unique_name("nats_creds");
+    let operator = NatsOperator::new();
+    let secure = SecureNats::start_with_auth(&operator.server_config()).await;
+    let user = NatsUser::new();
+    let creds = secure
+        .pki
+        .write_file("relay.creds", &operator.credentials(&user, None));
+    let mut config = secure.config(&name, &user);
+    config.auth = NatsAuth::CredentialsFile(creds);
+
+    // Credentials of another operator's account: refused with one line.
+    let stranger = NatsOperator::new();
+    let foreign = secure
+        .pki
+        .write_file("foreign.creds", &stranger.credentials(&user, None));
+    let mut refused = config.clone();
+    refused.auth = NatsAuth::CredentialsFile(foreign);
+    let error = edupulse_nats::connect(&refused)
+        .await
+        .expect_err("credentials of an unknown account connected");
+    let line = one_line(&error);
+    report_refusal("NATS credentials file (JWT) of an unknown account", &line);
+    assert!(matches!(error, ConnectError::AuthFailed(_)), "{error:?}");
+    assert!(!line.contains(&user.seed()), "{line}");
+
+    let db = fresh_database().await;
+    let run = Run::start_with(name.clone(), pg_config(db.url()), config).await;
+    let relay = run.spawn_relay().await;
+    run.writers(Workload {
+        writers: 2,
+        until: Until::AppendsPerWriter(50),
+        ..Workload::default()
+    })
+    .finish()
+    .await;
+    let mut figures = run
+        .finish("nats_tls_credentials_jwt", &HashSet::new())
+        .await;
+    Run::stop_relay(relay).await;
+    figures.notes = "tls:// + CA, operator/account/user JWT credentials file".into();
+    figures.report_and_check();
 }
