@@ -671,3 +671,49 @@ async fn nats_credentials_file_of_an_operator_account_runs_the_backbone() {
     figures.notes = "tls:// + CA, operator/account/user JWT credentials file".into();
     figures.report_and_check();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_command_s_flags_reach_a_tls_server_with_an_nkey() {
+    use clap::Parser as _;
+    use edupulse_app::cli::{Cli, Command};
+
+    let name = unique_name("nats_cli");
+    let stream = name.to_uppercase();
+    let relay_user = NatsUser::new();
+    let secure = SecureNats::start(&[(&relay_user, Some(relay_permissions(&stream, &name)))]).await;
+    let seed_file = secure
+        .pki
+        .write_file("relay.nk", &format!("{}\n", relay_user.seed()));
+    // `nats://`: only `--nats-tls-required` makes the client insist on TLS.
+    let url = format!("nats://127.0.0.1:{}", secure.nats.port());
+    let ca = secure.pki.ca_file().display().to_string();
+    let seed = seed_file.display().to_string();
+    let cli = Cli::try_parse_from([
+        "edupulse-events",
+        "relay",
+        "--nats-url",
+        url.as_str(),
+        "--nats-tls-required",
+        "--nats-ca",
+        ca.as_str(),
+        "--nats-nkey",
+        seed.as_str(),
+        "--nats-stream",
+        stream.as_str(),
+        "--subject-prefix",
+        name.as_str(),
+    ])
+    .expect("the flags parse");
+    let Command::Relay(args) = cli.command else {
+        unreachable!("parsed as relay")
+    };
+    let config = args.nats.nats_config().expect("a NATS configuration");
+    assert!(config.tls.require_tls);
+    let client = edupulse_nats::connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {}", one_line(&e)));
+    let js = edupulse_nats::jetstream_context(client, &config);
+    edupulse_nats::provision(&js, &config)
+        .await
+        .unwrap_or_else(|e| panic!("the relay's user provisions: {}", one_line(&e)));
+}
