@@ -212,8 +212,30 @@ fn log_event(event: &Event) {
         Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
         Event::LameDuckMode => tracing::warn!("nats server entering lame duck mode"),
         Event::SlowConsumer(sid) => tracing::warn!(sid, "nats slow consumer"),
+        // A permissions violation (a publish or subscription the user may not make) only shows
+        // here: the refused publish itself just times out.
+        Event::ServerError(error) => tracing::warn!(%error, "nats server error"),
         other => tracing::debug!(event = %other, "nats connection event"),
     }
+}
+
+/// Whether a rustls error is among the causes of `error` (directly, or inside an I/O error).
+fn is_tls_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<async_nats::rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && inner.is::<async_nats::rustls::Error>()
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Maps a client connect error to ours, by kind.
@@ -231,6 +253,9 @@ fn classify_connect(error: async_nats::ConnectError, servers: &[String]) -> Conn
                 .join(","),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, error),
         },
+        // The client reports a failed TLS handshake (a certificate not trusted, a server
+        // without TLS) as an I/O error: the rustls error inside says what it is.
+        ConnectErrorKind::Io if is_tls_failure(&error) => ConnectError::Tls(error),
         ConnectErrorKind::Dns
         | ConnectErrorKind::TimedOut
         | ConnectErrorKind::Io
@@ -310,6 +335,18 @@ mod tests {
             e(ConnectErrorKind::TimedOut),
             ConnectError::Unreachable { .. }
         ));
+        let handshake = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            async_nats::rustls::Error::InvalidCertificate(
+                async_nats::rustls::CertificateError::UnknownIssuer,
+            ),
+        );
+        let refused = classify_connect(
+            async_nats::ConnectError::with_source(ConnectErrorKind::Io, handshake),
+            &servers,
+        );
+        assert!(matches!(refused, ConnectError::Tls(_)), "{refused:?}");
+        assert!(!refused.is_retryable());
     }
 
     #[tokio::test]

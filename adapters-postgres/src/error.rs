@@ -68,7 +68,9 @@ fn is_transient(code: &str) -> bool {
 /// deadlocks, timeouts. Everything else is [`StoreError::Internal`] (a missing table, a denied
 /// privilege, a bug), which an operator must look at.
 pub(crate) fn map_sqlx(error: sqlx::Error) -> StoreError {
-    if is_transient_error(&error) {
+    if is_tls_refusal(&error) {
+        StoreError::Internal(Box::new(TlsRefused(error)))
+    } else if is_transient_error(&error) {
         StoreError::Unavailable(Box::new(error))
     } else if is_schema_missing(&error) {
         StoreError::SchemaMissing(Box::new(error))
@@ -108,6 +110,34 @@ pub(crate) fn shared_failure(error: &sqlx::Error) -> StoreError {
     } else {
         internal(error.to_string())
     }
+}
+
+/// The TLS handshake with the server failed: its certificate is not trusted (`sslrootcert`) or
+/// does not name the host (`sslmode=verify-full`), or it refused the client's certificate. A
+/// configuration mistake on one side: retrying does not help, so it is not `Unavailable`.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS with PostgreSQL failed")]
+pub(crate) struct TlsRefused(#[source] sqlx::Error);
+
+/// Whether a rustls error is behind `error` (the driver reports a failed handshake as an I/O
+/// or a TLS error carrying it). A connection lost during the handshake carries an I/O error
+/// instead, and stays retryable.
+fn is_tls_refusal(error: &sqlx::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && inner.is::<rustls::Error>()
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn is_transient_error(error: &sqlx::Error) -> bool {
@@ -176,6 +206,26 @@ mod tests {
             with_causes(&Outer(AdapterError("inner".into()))),
             "outer: inner"
         );
+    }
+
+    #[test]
+    fn a_refused_certificate_is_not_retryable() {
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let error = map_sqlx(sqlx::Error::Io(refused));
+        assert!(matches!(error, StoreError::Internal(_)), "{error:?}");
+        // (The driver's own message already quotes its cause, which follows it.)
+        assert!(
+            with_causes(&error).starts_with(
+                "event store failure: TLS with PostgreSQL failed: error communicating with \
+                 database: invalid peer certificate: UnknownIssuer"
+            ),
+            "{error:?}"
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(map_sqlx(sqlx::Error::Io(reset)).is_retryable());
     }
 
     #[test]

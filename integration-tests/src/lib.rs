@@ -24,6 +24,9 @@
 //! - [`workload`]: the one workload generator (writers appending with expected versions,
 //!   retrying ambiguous failures with the same ids, at a closed- or open-loop pace), recording
 //!   into the checker's history; used by the demo, the bench and every suite.
+//! - [`tls`]: a certificate authority made at test time, PostgreSQL serving TLS with a
+//!   `pg_hba.conf` of the test's choosing, NATS with a configuration file of its choosing (TLS,
+//!   nkey users, permissions), NATS user keys.
 //! - [`start_nats_cluster`]: a 3-node JetStream cluster on a user-defined Docker
 //!   network whose nodes can be stopped and started one by one ([`NatsCluster`]).
 //!
@@ -90,6 +93,7 @@ pub mod local;
 pub mod nats;
 pub mod postgres;
 pub mod recipes;
+pub mod tls;
 pub mod workload;
 
 pub use cluster::{NatsCluster, start_nats_cluster};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use testcontainers::core::WaitFor;
-use testcontainers::{GenericImage, ImageExt as _};
+use testcontainers::{ContainerRequest, GenericImage, ImageExt as _};
 use tokio::sync::OnceCell;
 
 use crate::docker::{self, HOST};
@@ -66,12 +66,25 @@ pub async fn start_nats() -> NatsContainer {
 /// When the image cannot be built or the server does not become ready.
 pub async fn start_nats_with_args(args: &[&str]) -> NatsContainer {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    start_nats_from(|image| image.with_cmd(args.clone())).await
+}
+
+/// Starts a NATS container whose request `finish` completes from the image (readiness line
+/// set): it sets the command and may copy files in (a configuration, certificates).
+///
+/// # Panics
+///
+/// When the image cannot be built or the server does not become ready.
+pub(crate) async fn start_nats_from(
+    finish: impl Fn(GenericImage) -> ContainerRequest<GenericImage>,
+) -> NatsContainer {
     let (container, ports) = docker::start_container(
         "nats",
         || {
-            GenericImage::new(NATS_IMAGE, NATS_TAG)
-                .with_wait_for(WaitFor::message_on_stderr(NATS_READY_LINE))
-                .with_cmd(args.clone())
+            finish(
+                GenericImage::new(NATS_IMAGE, NATS_TAG)
+                    .with_wait_for(WaitFor::message_on_stderr(NATS_READY_LINE)),
+            )
         },
         &[NATS_PORT, NATS_MONITOR_PORT],
     )

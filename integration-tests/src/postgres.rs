@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _};
 use testcontainers::core::WaitFor;
-use testcontainers::{GenericImage, ImageExt as _};
+use testcontainers::{ContainerRequest, GenericImage, ImageExt as _};
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::docker::{self, HOST};
@@ -67,14 +67,28 @@ pub async fn start_postgres() -> PgContainer {
 /// When the image cannot be built or the container does not become ready.
 pub async fn start_postgres_with_args(args: &[&str]) -> PgContainer {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    start_postgres_from(|image| image.with_cmd(args.clone())).await
+}
+
+/// Starts a PostgreSQL container whose request `finish` completes from the image (readiness
+/// line and entrypoint set): it sets the command, and may copy files in or replace the
+/// entrypoint. `POSTGRES_USER` and `POSTGRES_PASSWORD` are set after it.
+///
+/// # Panics
+///
+/// When the image cannot be built or the container does not become ready.
+pub(crate) async fn start_postgres_from(
+    finish: impl Fn(GenericImage) -> ContainerRequest<GenericImage>,
+) -> PgContainer {
     let (container, ports) = docker::start_container(
         "postgres",
         || {
-            GenericImage::new(POSTGRES_IMAGE, POSTGRES_TAG)
-                .with_wait_for(WaitFor::message_on_stderr(PG_READY_LINE))
-                .with_env_var("POSTGRES_USER", PG_USER)
-                .with_env_var("POSTGRES_PASSWORD", PG_PASSWORD)
-                .with_cmd(args.clone())
+            finish(
+                GenericImage::new(POSTGRES_IMAGE, POSTGRES_TAG)
+                    .with_wait_for(WaitFor::message_on_stderr(PG_READY_LINE)),
+            )
+            .with_env_var("POSTGRES_USER", PG_USER)
+            .with_env_var("POSTGRES_PASSWORD", PG_PASSWORD)
         },
         &[PG_PORT],
     )

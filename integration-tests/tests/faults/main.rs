@@ -21,6 +21,8 @@
 //! - `bad_input`, `hostile_json`: malformed, unknown, oversized, too deep, at the limits;
 //!   a property run over the NDJSON parser and the envelope decoder.
 //! - `security`: the application role as a login role; no password in any log line.
+//! - `tls`: PostgreSQL with `sslmode=verify-full` and SCRAM, NATS over TLS with nkey users and
+//!   least permissions; each misconfiguration refused with one line (`target/faults-refusals.md`).
 //!
 //! Writers are the harness's workload generator (`edupulse_integration_tests::workload`, the one
 //! the demo and the bench use); `workload` here wires it, the app's backbone and a durable
@@ -44,6 +46,7 @@ mod network;
 mod relay;
 mod security;
 mod store;
+mod tls;
 mod workload;
 
 /// Not a test: the body of the child processes of `relay` and `security` (see `child`). Does

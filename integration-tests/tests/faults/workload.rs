@@ -255,12 +255,34 @@ impl Run {
 
     /// [`Run::start`] with given configurations.
     pub(crate) async fn start_with(name: String, pg: PgStoreConfig, nats: NatsConfig) -> Self {
+        Self::start_with_consumer(name, pg, nats, None).await
+    }
+
+    /// [`Run::start_with`], the consumer connected with `consumer_nats` (another NATS user) when
+    /// given.
+    pub(crate) async fn start_with_consumer(
+        name: String,
+        pg: PgStoreConfig,
+        nats: NatsConfig,
+        consumer_nats: Option<NatsConfig>,
+    ) -> Self {
         let backbone = retry("connect the backbone", Duration::from_secs(60), || {
             Backbone::connect(&pg, nats.clone())
         })
         .await;
+        let consumer_backbone = match consumer_nats {
+            None => backbone.clone(),
+            Some(config) => {
+                retry(
+                    "connect the consumer's backbone",
+                    Duration::from_secs(60),
+                    || Backbone::connect(&pg, config.clone()),
+                )
+                .await
+            }
+        };
         let consumer = retry("create the consumer", Duration::from_secs(60), || {
-            backbone.consumer(&name, None)
+            consumer_backbone.consumer(&name, None)
         })
         .await;
         let consumed = Arc::new(Mutex::new(Consumed::default()));
