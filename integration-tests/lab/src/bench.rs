@@ -261,6 +261,8 @@ struct Plan {
     store_cell: Duration,
     backlog: u64,
     paced: Duration,
+    /// Runs at the higher paced rate.
+    repeat: u32,
     e2e: Duration,
     drain_timeout: Duration,
 }
@@ -285,6 +287,7 @@ impl Plan {
                 store_cell: Duration::from_millis(200),
                 backlog: args.backlog.clamp(1, 20_000),
                 paced: Duration::from_millis(800),
+                repeat: args.repeat,
                 e2e: Duration::from_millis(800),
                 drain_timeout: Duration::from_secs(60),
             }
@@ -296,6 +299,7 @@ impl Plan {
                 store_cell: Duration::from_millis(2500),
                 backlog: args.backlog.max(1),
                 paced: Duration::from_secs(10),
+                repeat: args.repeat,
                 e2e: Duration::from_secs(10),
                 drain_timeout: Duration::from_secs(600),
             }

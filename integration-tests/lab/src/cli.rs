@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// A small run to check the command works (CI), not to measure.
     #[arg(long)]
     pub quick: bool,
+    /// Runs of the live phase's paced rate of 5,000 events/s, so that its commit → ack p99 is
+    /// judged on a distribution (min, median, max, runs under 10 ms), not on one run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
     /// Events in the relay catch-up backlog.
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog: u64,

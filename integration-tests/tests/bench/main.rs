@@ -36,6 +36,7 @@ async fn quick_bench_runs_and_writes_its_outputs() {
             nats_duplicate_window_secs: 120,
         },
         quick: true,
+        repeat: 2,
         backlog: 5_000,
         out: out.clone(),
         bench_database: BenchDatabase::Own,
@@ -64,7 +65,9 @@ async fn quick_bench_runs_and_writes_its_outputs() {
         assert!(row.events > 0 && row.rate > 0.0, "{key}: {row:?}");
     }
     assert_eq!(report.row("catchup").map(|r| r.events > 0), Some(true));
-    assert_eq!(report.latency.len(), 2);
+    // 1k events/s once, 5k events/s `repeat` times, summarised as a distribution.
+    assert_eq!(report.latency.len(), 3);
+    assert_eq!(report.p99_distributions().len(), 1);
     assert!(report.latency.iter().all(|l| l.samples > 0));
     assert_eq!(report.targets.len(), 5);
     assert!(report.relay_peak_rss_bytes.is_some());

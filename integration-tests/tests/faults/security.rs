@@ -15,7 +15,7 @@ use edupulse_integration_tests::{fresh_database, shared_nats, shared_postgres, u
 use sqlx::{Connection as _, PgConnection};
 
 use crate::child;
-use crate::workload::{Run, Until, Workload, append_until_acknowledged, event};
+use crate::workload::{Run, append_until_acknowledged, event};
 
 const SENTINEL: &str = "S3ntinel-Pa55w0rd-7f3a";
 
@@ -42,12 +42,7 @@ async fn the_application_role_as_a_login_runs_everything_but_cannot_rewrite_even
     let nats = shared_nats().await;
     let run = Run::start("app_role", &url, vec![nats.url()]).await;
     let relay = run.spawn_relay().await;
-    let writers = run.writers(Workload {
-        writers: 2,
-        until: Until::AppendsPerWriter(50),
-        ..Workload::default()
-    });
-    writers.finish().await;
+    run.append_some(2, 50).await;
     let stream = StreamId::new();
     append_until_acknowledged(
         &*run.backbone.store,
@@ -295,13 +290,7 @@ async fn each_role_does_its_job_and_nothing_else() {
     let relay = edupulse_app::wiring::spawn_relay(relay_backbone.relay(run.relay_config()), None)
         .await
         .expect("spawn the relay as its login");
-    run.writers(Workload {
-        writers: 2,
-        until: Until::AppendsPerWriter(50),
-        ..Workload::default()
-    })
-    .finish()
-    .await;
+    run.append_some(2, 50).await;
     // The relay's login cannot append through the store either, with a typed error.
     let stream = StreamId::new();
     let refused = edupulse_ports::EventAppender::append(

@@ -30,7 +30,7 @@ use edupulse_ports::StoreError;
 use edupulse_postgres::PgEventStore;
 use sqlx::{Connection as _, Executor as _, PgConnection};
 
-use crate::workload::{Run, Until, Workload, nats_config, pg_config};
+use crate::workload::{Run, nats_config, pg_config};
 
 /// A role that must also present a client certificate whose common name is its own name.
 const CERT_ROLE: &str = "edupulse_cert_login";
@@ -180,13 +180,7 @@ async fn postgres_verify_full_with_scram_runs_the_backbone() {
     )
     .await;
     let relay = run.spawn_relay().await;
-    run.writers(Workload {
-        writers: 2,
-        until: Until::AppendsPerWriter(50),
-        ..Workload::default()
-    })
-    .finish()
-    .await;
+    run.append_some(2, 50).await;
     let mut figures = run.finish("pg_tls_verify_full", &HashSet::new()).await;
     Run::stop_relay(relay).await;
     figures.notes = "sslmode=verify-full, hostssl + scram-sha-256 only".into();
@@ -511,13 +505,7 @@ async fn nats_tls_with_nkey_users_and_least_permissions() {
     let blocked = spawn_relay(blocked.relay(run.relay_config()), None)
         .await
         .expect("spawn relay");
-    run.writers(Workload {
-        writers: 2,
-        until: Until::AppendsPerWriter(50),
-        ..Workload::default()
-    })
-    .finish()
-    .await;
+    run.append_some(2, 50).await;
     let window = Duration::from_secs(8);
     tokio::time::sleep(window).await;
     let stuck = blocked.stats.snapshot();
@@ -657,13 +645,7 @@ async fn nats_credentials_file_of_an_operator_account_runs_the_backbone() {
     let db = fresh_database().await;
     let run = Run::start_with(name.clone(), pg_config(db.url()), config).await;
     let relay = run.spawn_relay().await;
-    run.writers(Workload {
-        writers: 2,
-        until: Until::AppendsPerWriter(50),
-        ..Workload::default()
-    })
-    .finish()
-    .await;
+    run.append_some(2, 50).await;
     let mut figures = run
         .finish("nats_tls_credentials_jwt", &HashSet::new())
         .await;

@@ -336,6 +336,17 @@ impl Run {
         )
     }
 
+    /// A small steady load, waited for: `writers` writers of `appends` appends each.
+    pub(crate) async fn append_some(&self, writers: usize, appends: usize) {
+        self.writers(Workload {
+            writers,
+            until: Until::AppendsPerWriter(appends),
+            ..Workload::default()
+        })
+        .finish()
+        .await;
+    }
+
     /// Waits until every event acknowledged so far is consumed; returns how long that took
     /// from `since` (the moment a fault healed). `None` on timeout.
     pub(crate) async fn caught_up_since(&self, since: Instant) -> Option<Duration> {

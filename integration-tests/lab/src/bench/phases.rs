@@ -530,7 +530,9 @@ async fn live(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<Vec<LatencyRow>, Ben
         };
         let live = async {
             let mut latency = Vec::new();
-            for rate in [1000.0, 5000.0] {
+            let rates = std::iter::once(1000.0)
+                .chain(std::iter::repeat_n(5000.0, lab.plan.repeat.max(1) as usize));
+            for rate in rates {
                 let base = stats.snapshot().published;
                 stats.commit_to_ack().reset();
                 commit_to_ack.reset();

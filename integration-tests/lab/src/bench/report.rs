@@ -95,7 +95,46 @@ pub struct BenchReport {
     pub notes: Vec<String>,
 }
 
+/// The commit → ack p99 a paced rate must stay under, run after run.
+pub const P99_TARGET_MS: f64 = 10.0;
+
 impl BenchReport {
+    /// For each paced rate run more than once: its p99s' minimum, median and maximum, and how
+    /// many runs stayed under [`P99_TARGET_MS`].
+    pub fn p99_distributions(&self) -> Vec<String> {
+        let mut rates: Vec<f64> = Vec::new();
+        for l in &self.latency {
+            if !rates.contains(&l.offered_rate) {
+                rates.push(l.offered_rate);
+            }
+        }
+        rates
+            .into_iter()
+            .filter_map(|rate| {
+                let mut p99s: Vec<f64> = self
+                    .latency
+                    .iter()
+                    .filter(|l| l.offered_rate == rate)
+                    .map(|l| l.p99_ms)
+                    .collect();
+                if p99s.len() < 2 {
+                    return None;
+                }
+                p99s.sort_by(f64::total_cmp);
+                let under = p99s.iter().filter(|&&p| p < P99_TARGET_MS).count();
+                Some(format!(
+                    "   p99 over {} runs at {rate:.0} events/s: min {:.2} ms, median {:.2} ms, \
+                     max {:.2} ms; {under} of {} under {P99_TARGET_MS:.0} ms",
+                    p99s.len(),
+                    p99s[0],
+                    p99s[p99s.len() / 2],
+                    p99s[p99s.len() - 1],
+                    p99s.len()
+                ))
+            })
+            .collect()
+    }
+
     /// The row with `key`.
     pub fn row(&self, key: &str) -> Option<&Row> {
         self.rows.iter().find(|r| r.key == key)
@@ -191,6 +230,9 @@ impl BenchReport {
                 format!("{:.1}/{:.1} ms", l.append_p50_ms, l.append_p99_ms)
             );
         }
+        for line in self.p99_distributions() {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = writeln!(
             out,
             "\nrelay peak RSS during catch-up: {} ({})",
@@ -200,7 +242,7 @@ impl BenchReport {
             ),
             self.relay_peak_rss_of
         );
-        let _ = writeln!(out, "\ntargets (issue 8, ratios within this run):");
+        let _ = writeln!(out, "\ntargets (ratios within this run):");
         for t in &self.targets {
             let _ = writeln!(
                 out,
@@ -327,6 +369,48 @@ mod tests {
             cpu_postgres_us: None,
             cpu_nats_us: None,
         }
+    }
+
+    #[test]
+    fn p99s_of_repeated_runs_are_summarised_as_a_distribution() {
+        let paced = |rate: f64, p99_ms: f64| LatencyRow {
+            offered_rate: rate,
+            achieved_rate: rate,
+            p50_ms: 1.0,
+            p99_ms,
+            max_ms: p99_ms,
+            samples: 100,
+            read_p50_ms: 0.0,
+            read_p99_ms: 0.0,
+            insert_p50_ms: 0.0,
+            insert_p99_ms: 0.0,
+            append_p50_ms: 0.0,
+            append_p99_ms: 0.0,
+        };
+        let report = BenchReport {
+            quick: true,
+            event_bytes: 400,
+            message_bytes: 700,
+            rows: vec![],
+            latency: vec![
+                paced(1000.0, 3.0),
+                paced(5000.0, 12.0),
+                paced(5000.0, 4.0),
+                paced(5000.0, 8.0),
+            ],
+            relay_peak_rss_bytes: None,
+            relay_peak_rss_of: String::new(),
+            targets: vec![],
+            notes: vec![],
+        };
+        assert_eq!(
+            report.p99_distributions(),
+            vec![
+                "   p99 over 3 runs at 5000 events/s: min 4.00 ms, median 8.00 ms, max 12.00 ms; \
+                 2 of 3 under 10 ms"
+                    .to_owned()
+            ]
+        );
     }
 
     #[test]
