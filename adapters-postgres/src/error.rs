@@ -147,7 +147,12 @@ fn is_transient_error(error: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        | sqlx::Error::WorkerCrashed
+        // A handshake answered with something unexpected: a server restarting behind a port
+        // proxy accepts the TCP connection and answers the TLS negotiation (`SSLRequest`, sent
+        // whenever `sslmode` is `prefer`, the default) with garbage or nothing. The connection
+        // is dropped; a new one succeeds once the server is up.
+        | sqlx::Error::Protocol(_) => true,
         _ => false,
     }
 }
@@ -226,6 +231,12 @@ mod tests {
         );
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert!(map_sqlx(sqlx::Error::Io(reset)).is_retryable());
+    }
+
+    #[test]
+    fn a_garbled_handshake_is_retryable() {
+        let garbled = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert!(map_sqlx(garbled).is_retryable());
     }
 
     #[test]

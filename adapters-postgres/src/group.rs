@@ -418,11 +418,14 @@ async fn run_group_statement(
         out.push(group_row(request, head, &positions));
     }
     if out.len() != requests.len() {
-        return Err(sqlx::Error::Protocol(format!(
-            "group append returned {} rows for {} calls",
-            rows.len(),
-            requests.len()
-        )));
+        // An answer that does not fit the statement: a bug, not an outage (never retried).
+        return Err(sqlx::Error::Decode(Box::new(crate::error::AdapterError(
+            format!(
+                "group append returned {} rows for {} calls",
+                rows.len(),
+                requests.len()
+            ),
+        ))));
     }
     Ok(out)
 }
