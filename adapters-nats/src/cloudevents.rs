@@ -57,23 +57,36 @@ mod names {
     pub(super) const TIME: HeaderName = HeaderName::from_static(headers::CE_TIME);
     pub(super) const SUBJECT: HeaderName = HeaderName::from_static(headers::CE_SUBJECT);
     pub(super) const DATASCHEMA: HeaderName = HeaderName::from_static(headers::CE_DATASCHEMA);
-    pub(super) const STREAMVERSION: HeaderName = HeaderName::from_static(headers::CE_STREAMVERSION);
+    pub(super) const STREAM_VERSION: HeaderName =
+        HeaderName::from_static(headers::CE_STREAMVERSION);
     pub(super) const POSITION: HeaderName = HeaderName::from_static(headers::CE_POSITION);
 }
 
-/// Adds the CloudEvents attributes of `event` to `map`.
-pub(crate) fn insert(map: &mut HeaderMap, event: &RecordedEvent) {
+/// The values the `Edupulse-*` headers and the CloudEvents attributes share, formatted once.
+pub(crate) struct Ids {
+    /// The event id.
+    pub(crate) id: String,
+    /// The stream id.
+    pub(crate) stream: String,
+    /// The version in the stream.
+    pub(crate) version: String,
+    /// The global position.
+    pub(crate) position: String,
+}
+
+/// Adds the CloudEvents attributes of `event` to `map`; `ids` are its values already formatted.
+pub(crate) fn insert(map: &mut HeaderMap, event: &RecordedEvent, ids: Ids) {
     let envelope = &event.envelope;
     let (event_type, version) = (envelope.event_type(), envelope.schema_version());
     map.insert(names::SPECVERSION, SPEC_VERSION);
-    map.insert(names::ID, envelope.id.to_string());
+    map.insert(names::ID, ids.id);
     map.insert(names::SOURCE, SOURCE);
     map.insert(names::TYPE, ce_type(event_type, version));
     map.insert(names::TIME, ce_time(envelope.occurred_at));
-    map.insert(names::SUBJECT, event.stream_id.to_string());
+    map.insert(names::SUBJECT, ids.stream);
     if let Some(uri) = edupulse_domain::schemas::event_schema_uri(event_type, version) {
         map.insert(names::DATASCHEMA, uri);
     }
-    map.insert(names::STREAMVERSION, event.stream_version.to_string());
-    map.insert(names::POSITION, event.position().to_string());
+    map.insert(names::STREAM_VERSION, ids.version);
+    map.insert(names::POSITION, ids.position);
 }

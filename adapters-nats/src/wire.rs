@@ -132,12 +132,19 @@ pub fn event_headers(event: &RecordedEvent) -> HeaderMap {
     let mut map = HeaderMap::new();
     // Every value here is an id, a number, a validated subject token, or a validated visible-
     // ASCII metadata value: none can hold a CR or LF (which would make HeaderValue panic).
-    map.insert(names::MSG_ID, envelope.id.to_string());
+    // Formatted once: the CloudEvents attributes repeat them.
+    let ids = crate::cloudevents::Ids {
+        id: envelope.id.to_string(),
+        stream: event.stream_id.to_string(),
+        version: event.stream_version.to_string(),
+        position: event.position().to_string(),
+    };
+    map.insert(names::MSG_ID, ids.id.as_str());
     map.insert(names::EVENT_TYPE, envelope.event_type());
     map.insert(names::SCHEMA_VERSION, envelope.schema_version().to_string());
-    map.insert(names::STREAM_ID, event.stream_id.to_string());
-    map.insert(names::STREAM_VERSION, event.stream_version.to_string());
-    map.insert(names::POSITION, event.position().to_string());
+    map.insert(names::STREAM_ID, ids.stream.as_str());
+    map.insert(names::STREAM_VERSION, ids.version.as_str());
+    map.insert(names::POSITION, ids.position.as_str());
     map.insert(names::CONTENT_TYPE, headers::CONTENT_TYPE_JSON);
     if let Some(tp) = &envelope.metadata.traceparent {
         map.insert(names::TRACEPARENT, tp.as_str());
@@ -148,7 +155,7 @@ pub fn event_headers(event: &RecordedEvent) -> HeaderMap {
     if let Some(id) = &envelope.metadata.causation_id {
         map.insert(names::CAUSATION_ID, id.as_str());
     }
-    crate::cloudevents::insert(&mut map, event);
+    crate::cloudevents::insert(&mut map, event, ids);
     map
 }
 

@@ -491,9 +491,8 @@ impl Shared {
     ) -> Vec<EventEnvelope> {
         (0..n)
             .map(|_| {
-                let envelope = quiz_submission(stream, rng);
                 let metadata = self.metadata(rng);
-                envelope.with_metadata(metadata)
+                quiz_submission_with(stream, rng, metadata)
             })
             .collect()
     }
@@ -740,13 +739,18 @@ pub fn request_metadata(rng: &mut impl Rng) -> Metadata {
 /// A quiz submission to `stream` (the quiz), with fresh ids and request metadata: the one shape
 /// of [`Mix::QuizSubmissions`].
 pub fn quiz_submission(stream: StreamId, rng: &mut impl Rng) -> EventEnvelope {
+    let metadata = request_metadata(rng);
+    quiz_submission_with(stream, rng, metadata)
+}
+
+fn quiz_submission_with(stream: StreamId, rng: &mut impl Rng, metadata: Metadata) -> EventEnvelope {
     let max = Score::new(20.0).expect("a positive maximum is valid");
     let score = Score::new(rng.random_range(0..=40) as f32 / 2.0).expect("0 to 20 is valid");
     let submission = QuizSubmitted::new(*stream.as_uuid(), Uuid::new_v4(), score, max)
         .expect("a score within its maximum is valid");
     EventEnvelope::new(submission)
         .with_stream(stream)
-        .with_metadata(request_metadata(rng))
+        .with_metadata(metadata)
 }
 
 #[cfg(test)]
