@@ -261,8 +261,8 @@ use async_trait::async_trait;
 use edupulse_domain::{DEFAULT_MAX_EVENT_BYTES, EventEnvelope, ExpectedVersion, StreamId};
 use edupulse_ports::{
     AppendOutcome, Checkpoint, CheckpointStore, CommitHints, Cursor, EventAppender, EventReader,
-    FollowedRow, Lease, LeaseProvider, ParkedEvent, RecordedEvent, Release, StoreError, StoreHead,
-    validate_batch,
+    FollowedPage, FollowedRow, Lease, LeaseProvider, ParkedEvent, RecordedEvent, Release,
+    StoreError, StoreHead, validate_batch,
 };
 use futures::stream::BoxStream;
 use hints::HintMode;
@@ -593,6 +593,14 @@ impl EventReader for PgEventStore {
 
     async fn follow(&self, after: Cursor, limit: usize) -> Result<Vec<FollowedRow>, StoreError> {
         read::follow(&self.pool, after, limit).await
+    }
+
+    async fn follow_visible(
+        &self,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<FollowedPage, StoreError> {
+        read::follow_visible(&self.pool, after, limit).await
     }
 
     async fn read_positions(

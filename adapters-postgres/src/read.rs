@@ -5,7 +5,9 @@ use crate::error::{internal, map_sqlx};
 use chrono::{DateTime, Utc};
 use edupulse_domain::EventId;
 use edupulse_domain::{StoredEnvelope, StreamId, Uuid};
-use edupulse_ports::{Cursor, FollowedRow, RecordedEvent, StoreError, StoreHead, UndecodableRow};
+use edupulse_ports::{
+    Cursor, FollowedPage, FollowedRow, RecordedEvent, StoreError, StoreHead, UndecodableRow,
+};
 use sqlx::PgPool;
 use std::sync::LazyLock;
 
@@ -25,6 +27,19 @@ pub(crate) static READ_ALL_SQL: LazyLock<String> = LazyLock::new(|| {
         "SELECT {COLUMNS} FROM events \
          WHERE (commit_key, position) > ($1, $2) \
            AND commit_key < pg_snapshot_xmin(pg_current_snapshot())::text::int8 \
+         ORDER BY commit_key, position LIMIT $3"
+    )
+});
+
+/// The commit-safe read and what is committed beyond it: every visible row after the cursor,
+/// flagged `settled` below the snapshot's xmin (the bound of [`READ_ALL_SQL`]). Settled rows come
+/// first: they are exactly the ones with the smaller `commit_key`.
+static READ_VISIBLE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS}, commit_key < horizon.xmin AS settled \
+         FROM events, \
+              (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS xmin) AS horizon \
+         WHERE (commit_key, position) > ($1, $2) \
          ORDER BY commit_key, position LIMIT $3"
     )
 });
@@ -71,6 +86,14 @@ struct EventRow {
     recorded_at: DateTime<Utc>,
     metadata: String,
     payload: String,
+}
+
+/// A row of [`READ_VISIBLE_SQL`].
+#[derive(sqlx::FromRow)]
+struct VisibleRow {
+    #[sqlx(flatten)]
+    row: EventRow,
+    settled: bool,
 }
 
 impl EventRow {
@@ -208,6 +231,30 @@ pub(crate) async fn follow(
 ) -> Result<Vec<FollowedRow>, StoreError> {
     let rows = read_all_rows(pool, after, limit).await?;
     rows.into_iter().map(EventRow::into_followed).collect()
+}
+
+pub(crate) async fn follow_visible(
+    pool: &PgPool,
+    after: Cursor,
+    limit: usize,
+) -> Result<FollowedPage, StoreError> {
+    let limit = check_limit(limit)?;
+    let rows = sqlx::query_as::<_, VisibleRow>(&READ_VISIBLE_SQL)
+        .bind(clamp(after.commit))
+        .bind(clamp(after.position))
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+        .map_err(map_sqlx)?;
+    // The settled rows are a prefix (ordered by commit key, settled below a bound on it).
+    let settled = rows.iter().take_while(|r| r.settled).count();
+    Ok(FollowedPage {
+        rows: rows
+            .into_iter()
+            .map(|r| r.row.into_followed())
+            .collect::<Result<_, _>>()?,
+        settled,
+    })
 }
 
 pub(crate) async fn read_positions(

@@ -386,6 +386,97 @@ pub async fn paging_and_global_order<S: EventStore + ?Sized>(store: &S) {
     assert_eq!(limited.len(), 1);
 }
 
+/// A follower beyond the horizon ([`EventStore::follow_visible`] with a [`crate::ReadAhead`], as
+/// the relay follows) while writers append concurrently: every event handed out exactly once, each
+/// stream in order, pages in cursor order with their settled rows first, and the checkpoint ends
+/// at the last event once everything is settled.
+pub async fn following_beyond_the_horizon<S: EventStore + 'static>(store: Arc<S>) {
+    const WRITERS: usize = 4;
+    const APPENDS: usize = 25;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = StreamId::new();
+                let mut ids = Vec::new();
+                for round in 0..APPENDS {
+                    let out = store
+                        .append(
+                            stream,
+                            ExpectedVersion::Any,
+                            sample_events(stream, 1 + round % 2),
+                        )
+                        .await
+                        .expect("append");
+                    ids.extend(out.events.iter().map(|e| e.id));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut wanted: HashSet<EventId> = HashSet::new();
+    let mut writing = writers;
+    let mut ahead = crate::ReadAhead::new(3);
+    let mut cursor = Cursor::START;
+    let mut seen: HashSet<EventId> = HashSet::new();
+    let mut last: HashMap<StreamId, u64> = HashMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if writing.iter().all(tokio::task::JoinHandle::is_finished) {
+            for writer in writing.drain(..) {
+                wanted.extend(writer.await.expect("writer"));
+            }
+        }
+        let page = store
+            .follow_visible(cursor, 7)
+            .await
+            .expect("follow_visible");
+        assert!(
+            page.settled <= page.rows.len(),
+            "settled rows are rows of the page"
+        );
+        assert!(
+            page.rows.windows(2).all(|w| w[0].cursor() < w[1].cursor()),
+            "follow_visible is in cursor order"
+        );
+        assert!(
+            page.rows.first().is_none_or(|r| r.cursor() > cursor),
+            "follow_visible starts after the cursor"
+        );
+        let planned = ahead.plan(page);
+        for row in &planned.rows {
+            let crate::FollowedRow::Event(e) = row else {
+                panic!("a valid append reads back undecodable");
+            };
+            if planned.is_ahead(e.cursor) {
+                ahead.handled(e.cursor);
+            }
+            assert!(seen.insert(e.envelope.id), "event handed out twice");
+            let previous = last.insert(e.stream_id, e.stream_version).unwrap_or(0);
+            assert_eq!(
+                e.stream_version,
+                previous + 1,
+                "stream order beyond the horizon"
+            );
+        }
+        if let Some(settled) = planned.settled_to {
+            cursor = settled;
+        }
+        let done =
+            writing.is_empty() && wanted.iter().all(|id| seen.contains(id)) && ahead.is_empty();
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed events never followed"
+        );
+        if planned.is_idle() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// 16 writers race on one stream with exact expected versions: exactly one wins each version,
 /// versions are contiguous, nothing is lost.
 pub async fn concurrent_writers_on_one_stream<S: EventStore + 'static>(store: Arc<S>) {
@@ -975,6 +1066,11 @@ macro_rules! event_store_conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn paging_and_global_order() {
                 $crate::conformance::paging_and_global_order(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn following_beyond_the_horizon() {
+                $crate::conformance::following_beyond_the_horizon(::std::sync::Arc::new($factory))
+                    .await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_writers_on_one_stream() {

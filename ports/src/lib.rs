@@ -7,7 +7,8 @@
 //!
 //! - [`EventAppender`] and [`EventReader`] (together [`EventStore`]): append a batch to one stream
 //!   with optimistic concurrency, idempotent by event id; read one stream forward; read all events
-//!   in **commit-safe order** from a [`Cursor`].
+//!   in **commit-safe order** from a [`Cursor`], or beyond the commit-safe horizon
+//!   ([`EventReader::follow_visible`], followed with [`ReadAhead`]).
 //! - [`CommitHints`]: a lossy wake-up signal after commits, so followers need not poll tightly.
 //! - [`EventPublisher`]: publish a batch to the broker and report, per event, the broker's
 //!   acknowledgement (stored or duplicate) or a classified [`PublishError`].
@@ -59,6 +60,7 @@ pub mod consumer;
 mod error;
 mod lease;
 mod publisher;
+mod read_ahead;
 mod store;
 
 #[cfg(feature = "test-util")]
@@ -79,6 +81,7 @@ pub use lease::{Lease, LeaseProvider};
 #[cfg(feature = "mocks")]
 pub use publisher::MockEventPublisher;
 pub use publisher::{EventPublisher, PublishAck, PublishResult};
+pub use read_ahead::{FollowedPage, Planned, ReadAhead};
 pub use store::{
     AppendOutcome, AppendedEvent, CommitHints, Cursor, EventAppender, EventReader, EventStore,
     FollowedRow, RecordedEvent, StoreHead, UndecodableRow, validate_batch,

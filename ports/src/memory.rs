@@ -6,9 +6,9 @@
 
 use crate::{
     AppendOutcome, AppendedEvent, Checkpoint, CheckpointStore, CommitHints, ConsumeError, Cursor,
-    Delivery, DeliveryToken, EventAppender, EventConsumer, EventPublisher, EventReader, Lease,
-    LeaseProvider, ParkedEvent, PublishAck, PublishError, PublishResult, RecordedEvent, Release,
-    Settlement, StoreError, StoreHead,
+    Delivery, DeliveryToken, EventAppender, EventConsumer, EventPublisher, EventReader,
+    FollowedPage, FollowedRow, Lease, LeaseProvider, ParkedEvent, PublishAck, PublishError,
+    PublishResult, RecordedEvent, Release, Settlement, StoreError, StoreHead,
 };
 use async_trait::async_trait;
 use chrono::Utc;
@@ -39,6 +39,9 @@ struct StoreState {
     lease_epochs: HashMap<String, u64>,
     hints: Vec<mpsc::UnboundedSender<()>>,
     unavailable: bool,
+    /// A simulated transaction still open: appends from this commit number on are visible but
+    /// above the horizon ([`InMemoryEventStore::hold_horizon`]).
+    horizon: Option<u64>,
 }
 
 /// An event store, checkpoint store, lease provider and hint source in memory.
@@ -81,6 +84,20 @@ impl InMemoryEventStore {
         }
     }
 
+    /// Simulates a transaction left open from now on (a slow writer elsewhere): appends after
+    /// this call are visible but above the horizon, so [`EventReader::read_all`] and
+    /// [`EventReader::follow`] hold them back and [`EventReader::follow_visible`] returns them as
+    /// not settled, until [`InMemoryEventStore::release_horizon`].
+    pub fn hold_horizon(&self) {
+        let mut state = lock(&self.state);
+        state.horizon = Some(state.commits + 1);
+    }
+
+    /// Ends the transaction simulated by [`InMemoryEventStore::hold_horizon`].
+    pub fn release_horizon(&self) {
+        lock(&self.state).horizon = None;
+    }
+
     /// Every stored event, in commit order.
     pub fn all_events(&self) -> Vec<RecordedEvent> {
         lock(&self.state).events.clone()
@@ -94,6 +111,13 @@ impl InMemoryEventStore {
             ));
         }
         Ok(state)
+    }
+}
+
+impl StoreState {
+    /// Below the simulated horizon, if any.
+    fn is_settled(&self, event: &RecordedEvent) -> bool {
+        self.horizon.is_none_or(|h| event.cursor.commit < h)
     }
 }
 
@@ -232,7 +256,27 @@ impl EventReader for InMemoryEventStore {
         let state = self.state()?;
         // Events are stored in commit order, which is cursor order.
         let start = state.events.partition_point(|e| e.cursor <= after);
-        Ok(state.events[start..].iter().take(limit).cloned().collect())
+        Ok(state.events[start..]
+            .iter()
+            .take_while(|e| state.is_settled(e))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn follow_visible(
+        &self,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<FollowedPage, StoreError> {
+        check_limit(limit)?;
+        let state = self.state()?;
+        let start = state.events.partition_point(|e| e.cursor <= after);
+        let rows: Vec<RecordedEvent> = state.events[start..].iter().take(limit).cloned().collect();
+        Ok(FollowedPage {
+            settled: rows.iter().take_while(|e| state.is_settled(e)).count(),
+            rows: rows.into_iter().map(FollowedRow::Event).collect(),
+        })
     }
 
     async fn read_positions(

@@ -211,6 +211,26 @@ pub trait EventReader: Send + Sync {
             .collect())
     }
 
+    /// [`EventReader::follow`] plus what is committed beyond the horizon: the page's rows start
+    /// with the settled ones (what `follow` returns), then come rows already committed that an
+    /// older transaction still open may yet commit rows before. A follower that publishes them
+    /// early keeps its checkpoint in the settled part and remembers what it handed out (see
+    /// [`crate::ReadAhead`]). At most `limit` rows in all.
+    ///
+    /// The default is `follow`, all settled: right for stores that never hold rows back.
+    ///
+    /// # Errors
+    /// As [`EventReader::follow`].
+    async fn follow_visible(
+        &self,
+        after: Cursor,
+        limit: usize,
+    ) -> Result<crate::FollowedPage, StoreError> {
+        Ok(crate::FollowedPage::settled(
+            self.follow(after, limit).await?,
+        ))
+    }
+
     /// Reads at most `limit` events with global positions in `from..=to`, by position: for
     /// re-publishing a range (replay). Unlike [`EventReader::read_all`] it does not wait for
     /// open transactions; use it for ranges already published.

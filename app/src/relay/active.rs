@@ -1,8 +1,10 @@
-//! The active loop: read pages (one read ahead), publish them, hand acknowledged cursors to the
+//! The active loop: read pages (the next one prefetched while catching up), publish them, events
+//! committed beyond the store's horizon included, hand the settled and acknowledged cursor to the
 //! checkpoint saver; idle, wait for a commit hint or the poll interval.
 
+use super::publish::Settle;
 use super::{HEAD_REFRESH, HELD_BACK_RECHECK, Interrupted, RELEASE_POLL, Relay};
-use edupulse_ports::{Cursor, FollowedRow, Lease};
+use edupulse_ports::{Cursor, FollowedPage, FollowedRow, Lease, ReadAhead};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +57,10 @@ impl Relay {
     ) -> Interrupted {
         let mut hints: Option<BoxStream<'static, ()>> = None;
         let mut failures = 0u32;
-        let mut next_page: Option<Vec<FollowedRow>> = None;
+        let mut next_page: Option<FollowedPage> = None;
+        // Rows published above the store's horizon (see `ReadAhead`), at most half a page, so
+        // that every read has room for rows not published yet.
+        let mut ahead = ReadAhead::new(self.config.batch_size / 2);
         let mut parked = match self.load_parked(lease, shutdown).await {
             Ok(parked) => parked,
             Err(why) => return why,
@@ -85,7 +90,7 @@ impl Relay {
                 None => {
                     self.ports
                         .store
-                        .follow(cursor, self.config.batch_size)
+                        .follow_visible(cursor, self.config.batch_size)
                         .await
                 }
             };
@@ -102,7 +107,20 @@ impl Relay {
             };
             failures = 0;
             self.stats.beat();
-            if page.is_empty() {
+            // Read the next page while this one is published (catch-up throughput), when this
+            // one is full and settled (so the next one starts where the checkpoint will be).
+            // The read is a task of its own: decoding a page of rows is milliseconds of CPU,
+            // and inside this task it would stop the publisher from sending and taking acks
+            // meanwhile (the broker then idles); as a task it runs on another worker.
+            let last = page.rows.last().map_or(cursor, FollowedRow::cursor);
+            let prefetch = page.rows.len() == self.config.batch_size
+                && page.settled == page.rows.len()
+                && !shutdown.is_cancelled();
+            let mut planned = ahead.plan(page);
+            self.stats
+                .read_ahead
+                .store(ahead.len() as u64, Ordering::Relaxed);
+            if planned.is_idle() {
                 // The head is for the lag metric only; reading it costs a query (an aggregate on
                 // the events table), so at most once per second, not every time the relay idles.
                 if head_refreshed.is_none_or(|t| t.elapsed() >= HEAD_REFRESH) {
@@ -111,12 +129,13 @@ impl Relay {
                 }
                 // Idle: wait for a hint, the poll interval, shutdown or the loss of the lease.
                 //
-                // A hint means a commit, yet the read after it can come back empty: the store
-                // holds back events committed after an older transaction still open (any
-                // writing transaction, not only appends). That transaction ends within
-                // milliseconds but may send no hint of its own, so waiting for the next hint or
-                // the poll would delay the held-back events by up to the poll interval. After a
-                // hint that read nothing, read again soon, backing off (1, 2, 4… ms).
+                // A hint means a commit, yet the read after it can bring nothing new: the rows
+                // read ahead of the horizon are bounded, and beyond that bound events committed
+                // after an older transaction still open wait for it (any writing transaction,
+                // not only appends). That transaction ends within milliseconds but may send no
+                // hint of its own, so waiting for the next hint or the poll would delay the
+                // held-back events by up to the poll interval. After a hint that read nothing,
+                // read again soon, backing off (1, 2, 4… ms).
                 let wait = recheck.map_or(self.config.poll_interval, |d| {
                     d.min(self.config.poll_interval)
                 });
@@ -143,36 +162,49 @@ impl Relay {
                 continue;
             }
             recheck = None;
-            // Read the next page while this one is published (catch-up throughput). The read
-            // is a task of its own: decoding a page of rows is milliseconds of CPU, and inside
-            // this task it would stop the publisher from sending and taking acks meanwhile
-            // (the broker then idles); as a task it runs on another worker, or interleaved.
-            let last = page.last().map_or(cursor, FollowedRow::cursor);
-            let full = page.len() == self.config.batch_size;
-            let read_ahead = (full && !shutdown.is_cancelled()).then(|| {
+            let prefetch = prefetch.then(|| {
                 let store = self.ports.store.clone();
                 let limit = self.config.batch_size;
-                tokio::spawn(async move { store.follow(last, limit).await.ok() })
+                tokio::spawn(async move { store.follow_visible(last, limit).await.ok() })
             });
-            let page = match self.sort_page(page, &mut parked, lease, shutdown).await {
-                Ok(page) => page,
+            let settled_to = planned.settled_to;
+            let rows = std::mem::take(&mut planned.rows);
+            let events = match self
+                .sort_page(rows, settled_to, &mut parked, lease, shutdown)
+                .await
+            {
+                Ok(events) => events,
                 Err(why) => return why,
             };
-            let read_ahead = async {
-                match read_ahead {
+            let prefetch = async {
+                match prefetch {
                     Some(task) => task.await.ok().flatten(),
                     None => None,
                 }
             };
-            let (settled, ahead) = tokio::join!(
-                self.settle_batch(&page, lease, shutdown, Some(&mut parked)),
-                read_ahead
+            let settle = Settle {
+                parked: Some(&mut parked),
+                checkpoint_through: settled_to,
+            };
+            let (settled, prefetched) = tokio::join!(
+                self.settle_batch(&events, lease, shutdown, settle),
+                prefetch
             );
-            next_page = ahead;
+            next_page = prefetched;
             match settled {
-                Ok(_) => {
-                    cursor = last;
-                    acked.send_replace(cursor);
+                Ok(given_up) => {
+                    // What went out above the horizon is not published again when read again.
+                    for event in events.iter().filter(|e| planned.is_ahead(e.cursor)) {
+                        if !given_up.contains(&event.stream_id)
+                            && !parked.contains(&event.stream_id)
+                        {
+                            ahead.handled(event.cursor);
+                        }
+                    }
+                    if let Some(settled_to) = settled_to {
+                        cursor = settled_to;
+                        acked.send_replace(cursor);
+                    }
                 }
                 Err((acked_to, Interrupted::Shutdown)) => {
                     if let Some(c) = acked_to {

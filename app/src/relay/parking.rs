@@ -15,10 +15,13 @@
 //! refuses. A release that fails again parks the stream again with the new reason and clears the
 //! request.
 
+use super::publish::Settle;
 use super::{Interrupted, Relay};
 use chrono::Utc;
 use edupulse_domain::StreamId;
-use edupulse_ports::{FollowedRow, Lease, ParkedEvent, RecordedEvent, Release, UndecodableRow};
+use edupulse_ports::{
+    Cursor, FollowedRow, Lease, ParkedEvent, RecordedEvent, Release, UndecodableRow,
+};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
@@ -89,6 +92,7 @@ impl Relay {
     pub(super) async fn sort_page(
         &self,
         page: Vec<FollowedRow>,
+        settled_to: Option<Cursor>,
         parked: &mut HashSet<StreamId>,
         lease: &dyn Lease,
         shutdown: &CancellationToken,
@@ -96,7 +100,11 @@ impl Relay {
         let mut events = Vec::with_capacity(page.len());
         for row in page {
             if parked.contains(&row.stream_id()) {
-                self.held_back(1);
+                // Counted once, when the checkpoint passes it: a row above the horizon is read
+                // again until then.
+                if settled_to.is_some_and(|settled| row.cursor() <= settled) {
+                    self.held_back(1);
+                }
                 continue;
             }
             match row {
@@ -229,7 +237,10 @@ impl Relay {
             let Some(last) = page.last().map(|e| e.stream_version) else {
                 return Ok(None);
             };
-            match self.settle_batch(&page, lease, shutdown, None).await {
+            match self
+                .settle_batch(&page, lease, shutdown, Settle::default())
+                .await
+            {
                 Ok(given_up) if given_up.is_empty() => from = last + 1,
                 Ok(_) => {
                     return Ok(Some(

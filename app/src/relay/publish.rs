@@ -10,17 +10,39 @@ use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
+/// How [`Relay::settle_batch`] treats what it cannot publish and what it may checkpoint.
+#[derive(Default)]
+pub(super) struct Settle<'a> {
+    /// The parked streams (the active loop): an event refused for good parks its stream here.
+    /// Without it (replay, a release), the stream is given up and reported to the caller.
+    pub(super) parked: Option<&'a mut HashSet<StreamId>>,
+    /// The highest cursor the checkpoint may be saved at during an outage: the settled part of
+    /// the active loop's page. `None` (replay, a release): never saved.
+    pub(super) checkpoint_through: Option<Cursor>,
+}
+
 impl Relay {
     /// Publishes `batch` until every event is acknowledged, or parked with its stream (refused
-    /// for good by the broker; with `parked` given, else given up and counted as failed). On
-    /// interruption, returns the cursor up to which everything was settled, if any.
+    /// for good by the broker; with a parking lot given, else given up and counted as failed).
+    /// On interruption, returns the cursor up to which everything was settled, if any, within
+    /// the checkpoint's bound.
     pub(super) async fn settle_batch(
         &self,
         batch: &[RecordedEvent],
         lease: &dyn Lease,
         shutdown: &CancellationToken,
-        mut parked: Option<&mut HashSet<StreamId>>,
+        settle: Settle<'_>,
     ) -> Result<HashSet<StreamId>, (Option<Cursor>, Interrupted)> {
+        let Settle {
+            mut parked,
+            checkpoint_through,
+        } = settle;
+        // Progress is a checkpoint only within the bound: events above the store's horizon
+        // (read ahead) and events of a released stream are not everything before them.
+        let checkpointable = |settled: Option<Cursor>| match (settled, checkpoint_through) {
+            (Some(settled), Some(bound)) => Some(settled.min(bound)),
+            _ => None,
+        };
         let span = info_span!("publish_batch", size = batch.len());
         async {
             metrics::histogram!("edupulse_relay_batch_size").record(batch.len() as f64);
@@ -31,12 +53,14 @@ impl Relay {
             let mut failures = 0u32;
             while !pending.is_empty() {
                 if !lease.is_held() {
-                    return Err((settled_to, Interrupted::LeaseLost));
+                    return Err((checkpointable(settled_to), Interrupted::LeaseLost));
                 }
                 // The lease is watched during the publish itself: losing it stops at once.
                 let results = tokio::select! {
                     results = self.ports.publisher.publish(pending) => results,
-                    () = lease.lost() => return Err((settled_to, Interrupted::LeaseLost)),
+                    () = lease.lost() => {
+                        return Err((checkpointable(settled_to), Interrupted::LeaseLost));
+                    }
                 };
                 let mut done = 0;
                 let mut failure: Option<&PublishError> = None;
@@ -58,7 +82,7 @@ impl Relay {
                                 let raw = String::from_utf8_lossy(&raw).into_owned();
                                 let poison = parking::Poison::of(event, e.to_string(), raw);
                                 if let Err(i) = self.park(poison, parked, lease, shutdown).await {
-                                    return Err((settled_to, i));
+                                    return Err((checkpointable(settled_to), i));
                                 }
                             }
                         }
@@ -109,13 +133,17 @@ impl Relay {
                     attempt = failures,
                     "publish failed; retrying with the same event ids"
                 );
-                if let Some(c) = settled_to {
+                if let Some(c) = checkpointable(settled_to) {
                     // Progress made before the failure is kept across a crash during the outage.
                     self.save_checkpoint(c).await;
                 }
                 tokio::select! {
-                    () = shutdown.cancelled() => return Err((settled_to, Interrupted::Shutdown)),
-                    () = lease.lost() => return Err((settled_to, Interrupted::LeaseLost)),
+                    () = shutdown.cancelled() => {
+                        return Err((checkpointable(settled_to), Interrupted::Shutdown));
+                    }
+                    () = lease.lost() => {
+                        return Err((checkpointable(settled_to), Interrupted::LeaseLost));
+                    }
                     () = tokio::time::sleep(delay) => {}
                 }
             }

@@ -10,6 +10,7 @@
 //! is counted, not stored again, unless the operator forces it ([`ReplayMode::Force`]), and even
 //! then only the stream's last version may be stored again, never one after a later version.
 
+use super::publish::Settle;
 use super::{AlwaysHeld, Relay};
 use edupulse_domain::StreamId;
 use edupulse_ports::{RecordedEvent, StoreError};
@@ -120,7 +121,7 @@ impl Relay {
             }
             let before = self.published_and_duplicates();
             match self
-                .settle_batch(&publish, &AlwaysHeld, &shutdown, None)
+                .settle_batch(&publish, &AlwaysHeld, &shutdown, Settle::default())
                 .await
             {
                 Ok(given_up) => {

@@ -18,6 +18,8 @@ pub struct RelayStats {
     pub(super) parked: AtomicU64,
     /// Events held back behind a parked event of their stream.
     pub(super) held: AtomicU64,
+    /// Events published above the store's horizon, not yet passed by the checkpoint.
+    pub(super) read_ahead: AtomicU64,
     /// Why publishing is blocked for every stream (the broker refuses the whole stream), if it is.
     pub(super) blocked: std::sync::Mutex<Option<String>>,
     /// The highest broker sequence acknowledged (saved with each checkpoint).
@@ -51,6 +53,9 @@ pub struct RelaySnapshot {
     pub parked: u64,
     /// Events held back behind a parked event of their stream.
     pub held: u64,
+    /// Events published above the store's horizon (committed after a transaction still open),
+    /// not yet passed by the checkpoint.
+    pub read_ahead: u64,
     /// The highest broker sequence acknowledged.
     pub broker_sequence: u64,
     /// Global position of the last checkpoint saved.
@@ -76,6 +81,7 @@ impl RelayStats {
             retries: read(&self.retries),
             parked: read(&self.parked),
             held: read(&self.held),
+            read_ahead: read(&self.read_ahead),
             broker_sequence: read(&self.broker_sequence),
             checkpoint_position: read(&self.checkpoint_position),
             head_position: read(&self.head_position),

@@ -411,3 +411,48 @@ async fn never_saves_a_checkpoint_past_a_failed_event() {
         .expect("the relay stopped without an unexpected save");
     assert_eq!(relay.stats().snapshot().published, 1);
 }
+
+#[tokio::test]
+async fn events_above_the_horizon_are_published_once_and_never_checkpointed_early() {
+    let (store, broker) = (InMemoryEventStore::new(), InMemoryBroker::new());
+    append_events(&store, 3, 2).await;
+    // Pages of 20: up to 10 events published ahead of the horizon.
+    let config = RelayConfig {
+        batch_size: 20,
+        ..config()
+    };
+    let relay = Arc::new(Relay::new(ports(&store, &broker), config));
+    let (stop, handle) = spawn(relay.clone());
+    wait_for(&broker, 6).await;
+    // A transaction elsewhere stays open: what commits after it is published anyway, at once,
+    // and the checkpoint stays behind it.
+    store.hold_horizon();
+    append_events(&store, 2, 2).await;
+    wait_for(&broker, 10).await;
+    let settled = store.all_events()[5].cursor;
+    for _ in 0..50 {
+        if store.load("default").await.unwrap().map(|c| c.cursor) == Some(settled) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.load("default").await.unwrap().unwrap().cursor,
+        settled,
+        "the checkpoint never passes the horizon"
+    );
+    assert_eq!(relay.stats().snapshot().read_ahead, 4);
+    // Re-read at every poll, the events published ahead are not published again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.release_horizon();
+    append_events(&store, 1, 1).await;
+    wait_for(&broker, 11).await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert_exactly_once_in_stream_order(&store, &broker);
+    let snapshot = relay.stats().snapshot();
+    assert_eq!((snapshot.published, snapshot.duplicates), (11, 0));
+    assert_eq!(snapshot.read_ahead, 0);
+    let cp = store.load("default").await.unwrap().unwrap();
+    assert_eq!(cp.cursor, store.all_events().last().unwrap().cursor);
+}

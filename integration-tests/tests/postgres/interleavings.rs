@@ -1,10 +1,13 @@
 //! The commit-safe order, proven the hard way: concurrent transactions open, write, append,
-//! commit or roll back in random orders while a reader follows `read_all`. The reader must see
-//! every committed event exactly once, never a rolled-back one, and every stream in order.
+//! commit or roll back in random orders while two readers follow the store: one with
+//! `read_all`, one beyond the horizon with `follow_visible` and a `ReadAhead` (as the relay does),
+//! restarted now and then from its checkpoint. Each must see every committed event exactly once
+//! (the restarted one: again only what it had read beyond its checkpoint, which the relay's
+//! publisher deduplicates), never a rolled-back one, and every stream in order.
 
 use crate::support::{Isolated, Rng, drain, event};
 use edupulse_domain::{EventId, ExpectedVersion, StreamId};
-use edupulse_ports::{Cursor, EventAppender, RecordedEvent};
+use edupulse_ports::{Cursor, EventAppender, EventReader, FollowedRow, ReadAhead, RecordedEvent};
 use edupulse_postgres::append_in_transaction;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Postgres, Transaction};
@@ -41,6 +44,95 @@ struct Follower {
     cursor: Cursor,
     seen: HashSet<EventId>,
     last_version: HashMap<StreamId, u64>,
+}
+
+/// A follower beyond the horizon, as the relay: its checkpoint moves through settled rows only,
+/// rows above the horizon are handed out once (until a restart) and remembered.
+struct AheadFollower {
+    follower: Follower,
+    ahead: ReadAhead,
+    /// Events handed out above the horizon, with their cursors, not yet passed by the checkpoint.
+    out_ahead: HashMap<EventId, Cursor>,
+    /// Events that may come a second time: handed out ahead before the last restart.
+    may_repeat: HashSet<EventId>,
+    /// Events handed out while above the horizon, in all.
+    handed_ahead: usize,
+    restarts: usize,
+}
+
+/// The reader beyond the horizon reads pages of this many rows and remembers at most
+/// `AHEAD_LIMIT` rows above it.
+const AHEAD_PAGE: usize = 4;
+const AHEAD_LIMIT: usize = 2;
+
+impl AheadFollower {
+    fn new() -> Self {
+        Self {
+            follower: Follower {
+                cursor: Cursor::START,
+                seen: HashSet::new(),
+                last_version: HashMap::new(),
+            },
+            ahead: ReadAhead::new(AHEAD_LIMIT),
+            out_ahead: HashMap::new(),
+            may_repeat: HashSet::new(),
+            handed_ahead: 0,
+            restarts: 0,
+        }
+    }
+
+    /// Follows until there is nothing to hand out.
+    async fn drain(&mut self, store: &impl EventReader, rolled_back: &HashSet<EventId>) {
+        loop {
+            let page = store
+                .follow_visible(self.follower.cursor, AHEAD_PAGE)
+                .await
+                .expect("follow_visible");
+            assert!(page.settled <= page.rows.len());
+            assert!(
+                page.rows.windows(2).all(|w| w[0].cursor() < w[1].cursor()),
+                "follow_visible is in cursor order"
+            );
+            assert!(
+                page.rows
+                    .first()
+                    .is_none_or(|r| r.cursor() > self.follower.cursor)
+            );
+            let planned = self.ahead.plan(page);
+            if planned.is_idle() {
+                return;
+            }
+            let mut batch = Vec::new();
+            for row in &planned.rows {
+                let FollowedRow::Event(e) = row else {
+                    panic!("the test writes no undecodable rows");
+                };
+                if planned.is_ahead(e.cursor) {
+                    self.ahead.handled(e.cursor);
+                    self.out_ahead.insert(e.envelope.id, e.cursor);
+                    self.handed_ahead += 1;
+                }
+                if self.may_repeat.remove(&e.envelope.id) {
+                    // Handed out ahead before the restart: the broker refuses the copy.
+                    continue;
+                }
+                batch.push(e.clone());
+            }
+            self.follower.check(&batch, rolled_back);
+            if let Some(settled) = planned.settled_to {
+                self.follower.cursor = settled;
+                self.out_ahead.retain(|_, cursor| *cursor > settled);
+            }
+        }
+    }
+
+    /// A new relay from the saved checkpoint: what was handed out ahead may come again.
+    fn restart(&mut self) {
+        self.ahead = ReadAhead::new(AHEAD_LIMIT);
+        self.may_repeat
+            .extend(self.out_ahead.drain().map(|(id, _)| id));
+        self.restarts += 1;
+    }
 }
 
 impl Follower {
@@ -140,6 +232,7 @@ async fn random_interleavings_never_skip_nor_repeat() {
         seen: HashSet::new(),
         last_version: HashMap::new(),
     };
+    let mut beyond = AheadFollower::new();
     let mut committed: HashSet<EventId> = HashSet::new();
     let mut rolled_back: HashSet<EventId> = HashSet::new();
     let (mut early_ids, mut inherited) = (0usize, 0usize);
@@ -246,6 +339,10 @@ async fn random_interleavings_never_skip_nor_repeat() {
                     let (batch, cursor) = drain(store, follower.cursor, page).await;
                     follower.check(&batch, &rolled_back);
                     follower.cursor = cursor;
+                    if rng.chance(5) {
+                        beyond.restart();
+                    }
+                    beyond.drain(store, &rolled_back).await;
                 }
             }
         }
@@ -265,6 +362,12 @@ async fn random_interleavings_never_skip_nor_repeat() {
             follower.check(&batch, &rolled_back);
             follower.cursor = cursor;
         }
+        beyond.drain(store, &rolled_back).await;
+        // The reader beyond the horizon saw everything the commit-safe one did, at least.
+        assert!(
+            follower.seen.is_subset(&beyond.follower.seen),
+            "the reader beyond the horizon missed committed events"
+        );
     }
 
     stop.store(true, Ordering::Relaxed);
@@ -272,23 +375,47 @@ async fn random_interleavings_never_skip_nor_repeat() {
         committed.extend(task.await.expect("background caller"));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while follower.seen.len() < committed.len() && Instant::now() < deadline {
+    while (follower.seen.len() < committed.len() || beyond.follower.seen.len() < committed.len())
+        && Instant::now() < deadline
+    {
         let (batch, cursor) = drain(store, follower.cursor, 100).await;
         follower.check(&batch, &rolled_back);
         follower.cursor = cursor;
+        beyond.drain(store, &rolled_back).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(
         committed.iter().all(|id| follower.seen.contains(id)),
         "every committed event is read"
     );
+    assert!(
+        committed.iter().all(|id| beyond.follower.seen.contains(id)),
+        "every committed event is read beyond the horizon too"
+    );
+    assert_eq!(beyond.follower.seen.len(), committed.len());
+    // Once nothing is open, the checkpoint beyond the horizon catches up with the other.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while beyond.follower.cursor < follower.cursor && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        beyond.drain(store, &rolled_back).await;
+    }
+    assert_eq!(
+        beyond.follower.cursor, follower.cursor,
+        "both checkpoints end at the same place"
+    );
 
     eprintln!(
         "{SCENARIOS} interleavings: {} events committed (incl. background), {} rolled back, \
          {early_ids} appends by transactions holding an older id, {inherited} appends keyed by \
-         an inherited key",
+         an inherited key; beyond the horizon: {} events handed out ahead, {} restarts",
         committed.len(),
-        rolled_back.len()
+        rolled_back.len(),
+        beyond.handed_ahead,
+        beyond.restarts
+    );
+    assert!(
+        beyond.handed_ahead > 0,
+        "the scenarios should hand out events above the horizon"
     );
     assert_eq!(follower.seen.len(), committed.len());
     assert!(
