@@ -11,9 +11,12 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, ErrorCode};
 use async_trait::async_trait;
 use edupulse_domain::StreamId;
-use edupulse_ports::{EventPublisher, PublishAck, PublishError, PublishResult, RecordedEvent};
+use edupulse_ports::{
+    EventPublisher, PublishAck, PublishError, PublishResult, RecordedEvent, Settled,
+};
 use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use futures::channel::mpsc::UnboundedSender;
+use futures::stream::{BoxStream, FuturesUnordered};
 use std::collections::{HashMap, VecDeque};
 use std::error::Error as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -303,6 +306,64 @@ impl Schedule {
     }
 }
 
+/// The schedule of a streaming publish: events arrive over time; each stream has at most one in
+/// flight, the rest wait in order; a failed stream takes no more events.
+#[derive(Default)]
+struct Streams {
+    /// Per stream, the events waiting for the one in flight, in order.
+    waiting: HashMap<StreamId, VecDeque<RecordedEvent>>,
+    /// Events whose stream has nothing in flight, in arrival order.
+    ready: VecDeque<RecordedEvent>,
+    /// Streams with an event in flight or ready.
+    busy: std::collections::HashSet<StreamId>,
+    /// Streams with a failed event in this call.
+    failed: std::collections::HashSet<StreamId>,
+}
+
+impl Streams {
+    /// Takes `event` in; gives it back when its stream failed already (not to be sent).
+    fn arrive(&mut self, event: RecordedEvent) -> Option<RecordedEvent> {
+        let stream = event.stream_id;
+        if self.failed.contains(&stream) {
+            return Some(event);
+        }
+        if self.busy.insert(stream) {
+            self.ready.push_back(event);
+        } else {
+            self.waiting.entry(stream).or_default().push_back(event);
+        }
+        None
+    }
+
+    /// The next event to send.
+    fn next(&mut self) -> Option<RecordedEvent> {
+        self.ready.pop_front()
+    }
+
+    /// `stream`'s event was acknowledged: its next one may go.
+    fn succeeded(&mut self, stream: StreamId) {
+        match self.waiting.get_mut(&stream).and_then(VecDeque::pop_front) {
+            Some(next) => self.ready.push_back(next),
+            None => {
+                self.waiting.remove(&stream);
+                self.busy.remove(&stream);
+            }
+        }
+    }
+
+    /// `stream`'s event failed: its waiting events are given back, not to be sent, and later
+    /// ones will be too.
+    fn failed(&mut self, stream: StreamId) -> VecDeque<RecordedEvent> {
+        self.failed.insert(stream);
+        self.busy.remove(&stream);
+        self.waiting.remove(&stream).unwrap_or_default()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.busy.is_empty()
+    }
+}
+
 #[async_trait]
 impl EventPublisher for NatsPublisher {
     /// Publishes with up to `max_in_flight` messages awaiting acknowledgement, but at most one per
@@ -364,6 +425,86 @@ impl EventPublisher for NatsPublisher {
             .collect();
         self.recheck_no_responders(&mut results).await;
         results
+    }
+
+    /// Keeps up to `max_in_flight` messages awaiting acknowledgement as events arrive, at most
+    /// one per stream, and hands each event back as soon as its own acknowledgement arrives.
+    #[tracing::instrument(name = "publish_stream", skip_all)]
+    async fn publish_stream(
+        &self,
+        mut events: BoxStream<'static, RecordedEvent>,
+        settled: UnboundedSender<Settled>,
+    ) {
+        let limit = self.max_message_bytes.min(self.js.client().max_payload());
+        let mut streams = Streams::default();
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        let settle = |event: RecordedEvent, result: PublishResult| {
+            settled.unbounded_send(Settled { event, result }).is_ok()
+        };
+        loop {
+            while in_flight.len() < self.max_in_flight {
+                let Some(event) = streams.next() else { break };
+                match outgoing(&self.subject_prefix, limit, &event) {
+                    Ok(out) => in_flight.push(async move {
+                        let result = self.publish_fenced(&event, out, limit).await;
+                        (event, result)
+                    }),
+                    Err(e) => {
+                        let held = streams.failed(event.stream_id);
+                        if !settle(event, Err(e)) {
+                            return;
+                        }
+                        for later in held {
+                            if !settle(later, Err(PublishError::NotAttempted)) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            if !open && in_flight.is_empty() && streams.is_empty() {
+                return;
+            }
+            tokio::select! {
+                arrived = events.next(), if open => match arrived {
+                    Some(event) => {
+                        if let Some(refused) = streams.arrive(event)
+                            && !settle(refused, Err(PublishError::NotAttempted))
+                        {
+                            return;
+                        }
+                    }
+                    None => open = false,
+                },
+                Some((event, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let mut result = [result];
+                    self.recheck_no_responders(&mut result).await;
+                    let [result] = result;
+                    let held = match &result {
+                        Ok(_) => {
+                            streams.succeeded(event.stream_id);
+                            VecDeque::new()
+                        }
+                        Err(error) => {
+                            tracing::debug!(event = %event.envelope.id, %error, "publish failed");
+                            streams.failed(event.stream_id)
+                        }
+                    };
+                    if !settle(event, result) {
+                        return;
+                    }
+                    for later in held {
+                        if !settle(later, Err(PublishError::NotAttempted)) {
+                            return;
+                        }
+                    }
+                }
+                // Input ended and nothing in flight: every busy stream has an event ready, which
+                // the loop above sends, so this is not reached; ending beats a panic.
+                else => return,
+            }
+        }
     }
 
     async fn last_version(&self, stream: StreamId) -> Result<Option<u64>, PublishError> {

@@ -39,10 +39,19 @@
 //! per-stream order in the global order (equal keys are ordered by position, and version 6 was
 //! inserted after version 5 committed). It costs nothing: the append reads the head row anyway.
 //!
-//! *What it costs.* A long-running **write** transaction (one holding a transaction id) anywhere
-//! in the PostgreSQL cluster, not only on this table, holds back the horizon: `read_all` returns
-//! nothing newer than that transaction's id until it ends, so the relay stalls and its lag grows.
-//! Nothing is lost or skipped: everything is delivered, in order, once the transaction ends.
+//! *What it costs, and how the relay avoids paying it.* A long-running **write** transaction (one
+//! holding a transaction id) anywhere in the PostgreSQL cluster, not only on this table, holds
+//! back the horizon: `read_all` returns nothing newer than that transaction's id until it ends.
+//! [`EventReader::follow_visible`] also returns what is committed above the horizon, flagged as
+//! not settled (one statement: the same snapshot gives the rows and the bound). The relay
+//! publishes those rows at once and remembers them ([`edupulse_ports::ReadAhead`]), while its
+//! checkpoint only moves through the settled rows; a row that commits late is ordered before
+//! rows already published, and is still read because the next read starts at the checkpoint.
+//! Per-stream order holds because an event is appended only once its stream's previous version
+//! is committed, so a visible event's predecessor is always visible too, ordered before it.
+//! Beyond a bounded number of rows read ahead (half a page), events wait for the horizon as
+//! before, so the relay's memory stays bounded: a transaction left open for hours delays events
+//! beyond that bound and grows the checkpoint lag, but loses and skips nothing.
 //! Read-only transactions have no id and do not hold it back. An operator sees it as a growing
 //! relay lag while appends continue, and finds the culprit with
 //! [`PgEventStore::oldest_open_transaction`] (the `status` command shows its pid, age,

@@ -732,6 +732,79 @@ pub async fn each_event_once_whoever_publishes_it<P: EventPublisher + ?Sized>(a:
     );
 }
 
+/// [`EventPublisher::publish_stream`]: events fed over time (in two bursts, the second sent once
+/// the first has started settling, as a relay's pages arrive) each settle exactly once; every
+/// stream's acknowledgements come in version order with growing broker sequences; an event
+/// refused for good mid-stream stops its own stream, even for events fed after the refusal, and
+/// no other.
+pub async fn streaming_keeps_each_stream_in_order<P: EventPublisher + ?Sized>(publisher: &P) {
+    use futures::StreamExt;
+    let bad = StreamId::new();
+    let mut first = publishable(4, 3);
+    let refused = recorded(uncarriable(bad), 2, 1000);
+    first.insert(0, recorded(sample_event(bad), 1, 999));
+    first.push(refused.clone());
+    let mut second = publishable(4, 2);
+    second.push(recorded(sample_event(bad), 3, 1001));
+    let total = first.len() + second.len();
+    let (input, events) = futures::channel::mpsc::unbounded();
+    let (settled_tx, mut settled) = futures::channel::mpsc::unbounded();
+    for event in first {
+        input.unbounded_send(event).expect("publisher listening");
+    }
+    let feed_then_collect = async {
+        let mut outcomes = Vec::new();
+        let mut second = Some(second);
+        while let Some(outcome) = settled.next().await {
+            if let Some(burst) = second.take() {
+                for event in burst {
+                    input.unbounded_send(event).expect("publisher listening");
+                }
+                input.close_channel();
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    };
+    let ((), outcomes) = futures::join!(
+        publisher.publish_stream(events.boxed(), settled_tx),
+        feed_then_collect
+    );
+    assert_eq!(outcomes.len(), total, "every event settles once");
+    let ids: HashSet<EventId> = outcomes.iter().map(|o| o.event.envelope.id).collect();
+    assert_eq!(ids.len(), total, "no event settles twice");
+    let mut last: HashMap<StreamId, (u64, u64)> = HashMap::new();
+    for outcome in &outcomes {
+        let event = &outcome.event;
+        if event.stream_id == bad {
+            match event.stream_version {
+                1 => assert!(outcome.result.is_ok(), "before the refusal: {outcome:?}"),
+                2 => assert!(
+                    outcome
+                        .result
+                        .as_ref()
+                        .is_err_and(PublishError::is_permanent),
+                    "refused for good: {outcome:?}"
+                ),
+                _ => assert!(
+                    matches!(outcome.result, Err(PublishError::NotAttempted)),
+                    "fed after a refusal in its stream: {outcome:?}"
+                ),
+            }
+            continue;
+        }
+        let ack = outcome.result.as_ref().expect("other streams are stored");
+        let (version, sequence) = last.get(&event.stream_id).copied().unwrap_or((0, 0));
+        assert_eq!(
+            event.stream_version,
+            version + 1,
+            "acknowledged in stream order"
+        );
+        assert!(ack.sequence > sequence, "stored in stream order");
+        last.insert(event.stream_id, (event.stream_version, ack.sequence));
+    }
+}
+
 /// [`EventPublisher`]: an event refused for good stops only its own stream. The later events of
 /// its stream are [`PublishError::NotAttempted`] (storing them would break the stream's order),
 /// every other stream is stored.
@@ -781,6 +854,11 @@ macro_rules! publisher_conformance {
             async fn a_refused_event_stops_only_its_stream() {
                 let (a, _) = $pair;
                 $crate::conformance::a_refused_event_stops_only_its_stream(&a).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn streaming_keeps_each_stream_in_order() {
+                let (a, _) = $pair;
+                $crate::conformance::streaming_keeps_each_stream_in_order(&a).await;
             }
         }
     };

@@ -80,7 +80,7 @@ pub use error::{BoxError, PublishError, StoreError};
 pub use lease::{Lease, LeaseProvider};
 #[cfg(feature = "mocks")]
 pub use publisher::MockEventPublisher;
-pub use publisher::{EventPublisher, PublishAck, PublishResult};
+pub use publisher::{EventPublisher, PublishAck, PublishResult, Settled};
 pub use read_ahead::{FollowedPage, Planned, ReadAhead};
 pub use store::{
     AppendOutcome, AppendedEvent, CommitHints, Cursor, EventAppender, EventReader, EventStore,

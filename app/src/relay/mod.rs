@@ -1,8 +1,12 @@
 //! The relay: publishes every committed event to the broker, from a named checkpoint.
 //!
 //! The events table is the outbox. The relay follows the store's commit-safe order
-//! ([`edupulse_ports::EventReader::follow`]), publishes in batches, and saves its checkpoint only
-//! after every event up to it is acknowledged (or parked, see below). A crash anywhere loses
+//! ([`edupulse_ports::EventReader::follow_visible`]), publishes in batches, and saves its
+//! checkpoint only after every event up to it is acknowledged (or parked, see below). Events
+//! already committed beyond the store's horizon (after an older transaction still open) are
+//! published at once too, but the checkpoint never moves past an unsettled row: a
+//! [`edupulse_ports::ReadAhead`] remembers what went out ahead, so that it is not published again
+//! when read again, and a late commit ordered before it is still read. A crash anywhere loses
 //! nothing: the next relay resumes from the last saved checkpoint and re-publishes what was
 //! acknowledged since (at most `checkpoint_interval` of publishing, plus the batch in flight).
 //! The publisher's fence makes the broker refuse those second copies however long the relay was
@@ -217,9 +221,11 @@ mod config;
 mod parking;
 mod publish;
 mod replay;
+mod session;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod window;
 
 pub use config::{DEFAULT_BATCH_SIZE, RelayConfig};
 pub use replay::{ReplayMode, ReplayReport};

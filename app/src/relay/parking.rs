@@ -15,7 +15,6 @@
 //! refuses. A release that fails again parks the stream again with the new reason and clears the
 //! request.
 
-use super::publish::Settle;
 use super::{Interrupted, Relay};
 use chrono::Utc;
 use edupulse_domain::StreamId;
@@ -237,17 +236,14 @@ impl Relay {
             let Some(last) = page.last().map(|e| e.stream_version) else {
                 return Ok(None);
             };
-            match self
-                .settle_batch(&page, lease, shutdown, Settle::default())
-                .await
-            {
+            match self.settle_batch(&page, lease, shutdown).await {
                 Ok(given_up) if given_up.is_empty() => from = last + 1,
                 Ok(_) => {
                     return Ok(Some(
                         "the broker refused an event of the stream for good".into(),
                     ));
                 }
-                Err((_, why)) => return Err(why),
+                Err(why) => return Err(why),
             }
         }
     }

@@ -1,72 +1,47 @@
-//! Publishing a batch until every event is acknowledged or parked, with retries.
+//! Publishing a batch (replay, a released stream) until every event is acknowledged or given up,
+//! with retries; what every path shares: the blocked state and the per-event accounting.
 
 use super::backoff::backoff_delay;
-use super::{EventMetrics, Interrupted, Relay, parking};
+use super::{EventMetrics, Interrupted, Relay};
 use chrono::Utc;
 use edupulse_domain::StreamId;
-use edupulse_ports::{Cursor, Lease, PublishError, RecordedEvent};
+use edupulse_ports::{Lease, PublishError, RecordedEvent};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info_span, warn};
 
-/// How [`Relay::settle_batch`] treats what it cannot publish and what it may checkpoint.
-#[derive(Default)]
-pub(super) struct Settle<'a> {
-    /// The parked streams (the active loop): an event refused for good parks its stream here.
-    /// Without it (replay, a release), the stream is given up and reported to the caller.
-    pub(super) parked: Option<&'a mut HashSet<StreamId>>,
-    /// The highest cursor the checkpoint may be saved at during an outage: the settled part of
-    /// the active loop's page. `None` (replay, a release): never saved.
-    pub(super) checkpoint_through: Option<Cursor>,
-}
-
 impl Relay {
-    /// Publishes `batch` until every event is acknowledged, or parked with its stream (refused
-    /// for good by the broker; with a parking lot given, else given up and counted as failed).
-    /// On interruption, returns the cursor up to which everything was settled, if any, within
-    /// the checkpoint's bound.
+    /// Publishes `batch` (a replay, a released stream) until every event is acknowledged or its
+    /// stream is given up (refused for good by the broker), retrying the rest with the same ids.
+    /// Returns the given-up streams. It saves no checkpoint: these events are not everything
+    /// before them in the store's order.
     pub(super) async fn settle_batch(
         &self,
         batch: &[RecordedEvent],
         lease: &dyn Lease,
         shutdown: &CancellationToken,
-        settle: Settle<'_>,
-    ) -> Result<HashSet<StreamId>, (Option<Cursor>, Interrupted)> {
-        let Settle {
-            mut parked,
-            checkpoint_through,
-        } = settle;
-        // Progress is a checkpoint only within the bound: events above the store's horizon
-        // (read ahead) and events of a released stream are not everything before them.
-        let checkpointable = |settled: Option<Cursor>| match (settled, checkpoint_through) {
-            (Some(settled), Some(bound)) => Some(settled.min(bound)),
-            _ => None,
-        };
+    ) -> Result<HashSet<StreamId>, Interrupted> {
         let span = info_span!("publish_batch", size = batch.len());
         async {
-            metrics::histogram!("edupulse_relay_batch_size").record(batch.len() as f64);
             let mut retry: Vec<RecordedEvent>;
             let mut pending = batch;
             let mut given_up: HashSet<StreamId> = HashSet::new();
-            let mut settled_to: Option<Cursor> = None;
             let mut failures = 0u32;
             while !pending.is_empty() {
                 if !lease.is_held() {
-                    return Err((checkpointable(settled_to), Interrupted::LeaseLost));
+                    return Err(Interrupted::LeaseLost);
                 }
                 // The lease is watched during the publish itself: losing it stops at once.
                 let results = tokio::select! {
                     results = self.ports.publisher.publish(pending) => results,
-                    () = lease.lost() => {
-                        return Err((checkpointable(settled_to), Interrupted::LeaseLost));
-                    }
+                    () = lease.lost() => return Err(Interrupted::LeaseLost),
                 };
                 let mut done = 0;
                 let mut failure: Option<&PublishError> = None;
                 for (event, result) in pending.iter().zip(&results) {
                     match result {
-                        _ if given_up.contains(&event.stream_id) => self.held_back(1),
+                        _ if given_up.contains(&event.stream_id) => {}
                         Ok(ack) => {
                             self.stats
                                 .broker_sequence
@@ -75,16 +50,6 @@ impl Relay {
                         }
                         Err(e) if e.is_permanent() => {
                             given_up.insert(event.stream_id);
-                            // Without a parking lot (replay, releases) the caller reports
-                            // the given-up stream as failed instead.
-                            if let Some(parked) = parked.as_deref_mut() {
-                                let raw = event.envelope.encode();
-                                let raw = String::from_utf8_lossy(&raw).into_owned();
-                                let poison = parking::Poison::of(event, e.to_string(), raw);
-                                if let Err(i) = self.park(poison, parked, lease, shutdown).await {
-                                    return Err((checkpointable(settled_to), i));
-                                }
-                            }
                         }
                         Err(e) => {
                             failure = Some(e);
@@ -98,26 +63,15 @@ impl Relay {
                     // A publisher must answer for every event; treat a short answer as a failure.
                     warn!("publisher returned fewer results than events; retrying the rest");
                 }
-                if done > 0 {
-                    settled_to = Some(pending[done - 1].cursor);
-                }
                 if pending.len() == done {
                     break;
                 }
-                // What is left, less the streams given up (their events wait behind the parked
-                // one). Copied only on this failure path.
-                let left: Vec<RecordedEvent> = pending[done..]
+                // What is left, less the streams given up. Copied only on this failure path.
+                retry = pending[done..]
                     .iter()
-                    .filter(|e| {
-                        let held = given_up.contains(&e.stream_id);
-                        if held {
-                            self.held_back(1);
-                        }
-                        !held
-                    })
+                    .filter(|e| !given_up.contains(&e.stream_id))
                     .cloned()
                     .collect();
-                retry = left;
                 pending = &retry;
                 if pending.is_empty() {
                     break;
@@ -133,17 +87,9 @@ impl Relay {
                     attempt = failures,
                     "publish failed; retrying with the same event ids"
                 );
-                if let Some(c) = checkpointable(settled_to) {
-                    // Progress made before the failure is kept across a crash during the outage.
-                    self.save_checkpoint(c).await;
-                }
                 tokio::select! {
-                    () = shutdown.cancelled() => {
-                        return Err((checkpointable(settled_to), Interrupted::Shutdown));
-                    }
-                    () = lease.lost() => {
-                        return Err((checkpointable(settled_to), Interrupted::LeaseLost));
-                    }
+                    () = shutdown.cancelled() => return Err(Interrupted::Shutdown),
+                    () = lease.lost() => return Err(Interrupted::LeaseLost),
                     () = tokio::time::sleep(delay) => {}
                 }
             }

@@ -10,7 +10,6 @@
 //! is counted, not stored again, unless the operator forces it ([`ReplayMode::Force`]), and even
 //! then only the stream's last version may be stored again, never one after a later version.
 
-use super::publish::Settle;
 use super::{AlwaysHeld, Relay};
 use edupulse_domain::StreamId;
 use edupulse_ports::{RecordedEvent, StoreError};
@@ -120,10 +119,7 @@ impl Relay {
                 }
             }
             let before = self.published_and_duplicates();
-            match self
-                .settle_batch(&publish, &AlwaysHeld, &shutdown, Settle::default())
-                .await
-            {
+            match self.settle_batch(&publish, &AlwaysHeld, &shutdown).await {
                 Ok(given_up) => {
                     report.failed += publish
                         .iter()

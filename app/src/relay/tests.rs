@@ -4,7 +4,7 @@ use super::backoff::backoff_delay;
 use super::*;
 use edupulse_domain::{BadgeAwarded, EventEnvelope, ExpectedVersion, StreamId, Uuid};
 use edupulse_ports::memory::{BrokerFault, InMemoryBroker, InMemoryEventStore};
-use edupulse_ports::{EventAppender, Release};
+use edupulse_ports::{EventAppender, RecordedEvent, Release};
 use std::collections::HashMap;
 
 fn ports(store: &InMemoryEventStore, broker: &InMemoryBroker) -> RelayPorts {
@@ -168,6 +168,18 @@ async fn wait_parked(relay: &Relay, broker: &InMemoryBroker, n: u64, published: 
     panic!("not parked");
 }
 
+/// Waits until the saved checkpoint is `cursor` (or panics after 5 s).
+async fn wait_checkpoint(store: &InMemoryEventStore, cursor: edupulse_ports::Cursor) {
+    for _ in 0..500 {
+        if store.load("default").await.unwrap().map(|c| c.cursor) == Some(cursor) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let saved = store.load("default").await.unwrap().map(|c| c.cursor);
+    panic!("the checkpoint is {saved:?}, expected {cursor}");
+}
+
 fn assert_in_stream_order(broker: &InMemoryBroker) {
     let mut last: HashMap<StreamId, u64> = HashMap::new();
     for m in broker.messages() {
@@ -194,8 +206,8 @@ async fn poison_event_parks_its_stream_and_the_rest_flows_until_skipped() {
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].event_id, poison.envelope.id);
     assert!(parked[0].raw.contains(&poison.envelope.id.to_string()));
-    let cp = store.load("default").await.unwrap().unwrap();
-    assert_eq!(cp.cursor, store.all_events().last().unwrap().cursor);
+    // Saved at most every checkpoint interval: wait for it.
+    wait_checkpoint(&store, store.all_events().last().unwrap().cursor).await;
 
     // Released with --skip: what waited behind it goes, in order; the poison never does.
     assert!(
@@ -348,26 +360,20 @@ fn backoff_is_bounded_and_jittered() {
     }
 }
 
-/// An interaction only a mock can check: however the publisher fails, every checkpoint the
-/// relay saves (while running and at its graceful stop) is at or before the last event that
-/// was acknowledged in order. Here the second of three events of one stream keeps failing.
-#[tokio::test]
-async fn never_saves_a_checkpoint_past_a_failed_event() {
-    use edupulse_ports::{MockCheckpointStore, MockEventPublisher, PublishAck, PublishError};
-    let store = InMemoryEventStore::new();
-    append_events(&store, 1, 3).await;
-    let events = store.all_events();
-    let (first, failing) = (events[0].cursor, events[1].envelope.id);
+/// A publisher that fails one event every time, and acknowledges every other.
+struct FailingOn(edupulse_domain::EventId);
 
-    let mut publisher = MockEventPublisher::new();
-    publisher.expect_publish().returning(move |batch| {
+#[async_trait::async_trait]
+impl EventPublisher for FailingOn {
+    async fn publish(&self, batch: &[RecordedEvent]) -> Vec<edupulse_ports::PublishResult> {
+        use edupulse_ports::{PublishAck, PublishError};
         let mut failed = false;
         batch
             .iter()
             .map(|e| {
                 if failed {
                     Err(PublishError::NotAttempted)
-                } else if e.envelope.id == failing {
+                } else if e.envelope.id == self.0 {
                     failed = true;
                     Err(PublishError::Unavailable("the broker keeps failing".into()))
                 } else {
@@ -378,7 +384,28 @@ async fn never_saves_a_checkpoint_past_a_failed_event() {
                 }
             })
             .collect()
-    });
+    }
+
+    async fn last_version(&self, _: StreamId) -> Result<Option<u64>, edupulse_ports::PublishError> {
+        Ok(None)
+    }
+
+    async fn republish(&self, _: &RecordedEvent) -> edupulse_ports::PublishResult {
+        Err(edupulse_ports::PublishError::NotAttempted)
+    }
+}
+
+/// An interaction only a mock can check: however the publisher fails, every checkpoint the
+/// relay saves (while running and at its graceful stop) is at or before the last event that
+/// was acknowledged in order. Here the second of three events of one stream keeps failing.
+#[tokio::test]
+async fn never_saves_a_checkpoint_past_a_failed_event() {
+    use edupulse_ports::MockCheckpointStore;
+    let store = InMemoryEventStore::new();
+    append_events(&store, 1, 3).await;
+    let events = store.all_events();
+    let (first, failing) = (events[0].cursor, events[1].envelope.id);
+
     let mut checkpoints = MockCheckpointStore::new();
     checkpoints.expect_load().returning(|_| Ok(None));
     checkpoints.expect_parked().returning(|_| Ok(Vec::new()));
@@ -389,7 +416,7 @@ async fn never_saves_a_checkpoint_past_a_failed_event() {
 
     let ports = RelayPorts {
         checkpoints: Arc::new(checkpoints),
-        publisher: Arc::new(publisher),
+        publisher: Arc::new(FailingOn(failing)),
         ..ports(&store, &InMemoryBroker::new())
     };
     let relay = Arc::new(Relay::new(ports, config()));
@@ -409,7 +436,8 @@ async fn never_saves_a_checkpoint_past_a_failed_event() {
     handle
         .await
         .expect("the relay stopped without an unexpected save");
-    assert_eq!(relay.stats().snapshot().published, 1);
+    // The first event is acknowledged in every session (the broker deduplicates it).
+    assert!(relay.stats().snapshot().published >= 1);
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ use edupulse_domain::Uuid;
 use edupulse_integration_tests::local::{BrokerSync, DockerError, LocalNats, LocalServers};
 use edupulse_integration_tests::workload::WorkloadError;
 use edupulse_ports::StoreError;
-use report::Target;
+use report::{P99_TARGET_MS, Target};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::Connection;
 use std::path::PathBuf;
@@ -413,10 +413,10 @@ fn targets(report: &BenchReport) -> Vec<Target> {
         });
     };
     ratio_target(
-        "end to end >= 90% of insert+publish ceiling",
+        "end to end >= 75% of insert+publish ceiling",
         "e2e",
         "ceiling",
-        0.9,
+        0.75,
         true,
     );
     ratio_target(
@@ -433,11 +433,25 @@ fn targets(report: &BenchReport) -> Vec<Target> {
         0.8,
         true,
     );
-    if let Some(l) = report.latency.iter().find(|l| l.offered_rate >= 5000.0) {
+    let paced: Vec<_> = report
+        .latency
+        .iter()
+        .filter(|l| l.offered_rate >= 5000.0)
+        .collect();
+    if !paced.is_empty() {
+        // Judged on every run of `--repeat`: at least 8 runs in 10 under the target, each at
+        // the offered rate.
+        let under = paced
+            .iter()
+            .filter(|l| l.p99_ms < P99_TARGET_MS && l.achieved_rate >= 0.95 * l.offered_rate)
+            .count();
+        let worst = paced.iter().map(|l| l.p99_ms).fold(0.0, f64::max);
         targets.push(Target {
-            goal: "commit → ack p99 < 10 ms at 5k events/s".into(),
-            measured: format!("p99 {:.2} ms (achieved {:.0}/s)", l.p99_ms, l.achieved_rate),
-            met: l.p99_ms < 10.0 && l.achieved_rate >= 0.95 * l.offered_rate,
+            goal: format!(
+                "commit → ack p99 < {P99_TARGET_MS:.0} ms at 5k events/s in >= 8 of 10 runs"
+            ),
+            measured: format!("{under} of {} runs (worst p99 {worst:.2} ms)", paced.len()),
+            met: under * 10 >= paced.len() * 8,
         });
     }
     let rss = report.relay_peak_rss_bytes;

@@ -61,7 +61,7 @@ pub struct LatencyRow {
     pub append_p99_ms: f64,
 }
 
-/// One of issue 8's targets.
+/// One of the bench's targets.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
     /// The target.
@@ -89,7 +89,7 @@ pub struct BenchReport {
     pub relay_peak_rss_bytes: Option<u64>,
     /// Whose peak that is.
     pub relay_peak_rss_of: String,
-    /// Issue 8's targets.
+    /// The targets, each judged within this run.
     pub targets: Vec<Target>,
     /// How to read the figures.
     pub notes: Vec<String>,

@@ -7,7 +7,12 @@ use async_trait::async_trait;
 use edupulse_app::latency::LatencyHistogram;
 use edupulse_domain::{EventId, StreamId};
 use edupulse_integration_tests::workload::CommitObserver;
-use edupulse_ports::{AppendOutcome, EventPublisher, PublishError, PublishResult, RecordedEvent};
+use edupulse_ports::{
+    AppendOutcome, EventPublisher, PublishError, PublishResult, RecordedEvent, Settled,
+};
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
+use futures::stream::BoxStream;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -57,6 +62,50 @@ impl EventPublisher for TimingPublisher {
             }
         }
         results
+    }
+
+    /// The inner publisher's stream, timed per event: handed to the publisher (read) when it
+    /// enters the stream, acknowledged when it comes out settled.
+    async fn publish_stream(
+        &self,
+        events: BoxStream<'static, RecordedEvent>,
+        settled: UnboundedSender<Settled>,
+    ) {
+        let handed: Arc<Mutex<HashMap<EventId, Instant>>> = Arc::default();
+        let noted = handed.clone();
+        let events = events
+            .inspect(move |event| {
+                noted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(event.envelope.id, Instant::now());
+            })
+            .boxed();
+        let (inner_tx, mut inner_rx) = futures::channel::mpsc::unbounded::<Settled>();
+        let forward = async {
+            while let Some(outcome) = inner_rx.next().await {
+                let now = Instant::now();
+                let read = handed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&outcome.event.envelope.id);
+                // A failed publish is sent again later: timed when it is acknowledged.
+                let commit = outcome.result.is_ok().then(|| {
+                    self.committed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&outcome.event.envelope.id)
+                });
+                if let (Some(Some(at)), Some(read)) = (commit, read) {
+                    self.latency.record(now.saturating_duration_since(at));
+                    self.read.record(read.saturating_duration_since(at));
+                }
+                if settled.unbounded_send(outcome).is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::join!(self.inner.publish_stream(events, inner_tx), forward);
     }
 
     async fn last_version(&self, stream: StreamId) -> Result<Option<u64>, PublishError> {
