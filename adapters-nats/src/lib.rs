@@ -76,7 +76,14 @@
 //! per stream**: the next event of a stream is sent only once the previous one is acknowledged.
 //! When an event fails, the later events of its stream in the batch are not sent and are
 //! reported as [`PublishError::NotAttempted`](edupulse_ports::PublishError), while other
-//! streams proceed. A stale copy of a timed-out event that reaches the broker late is older than
+//! streams proceed.
+//!
+//! **Streaming.** [`EventPublisher::publish_stream`](edupulse_ports::EventPublisher) applies the
+//! same rules to events that keep arriving: each joins its stream's queue, the window of
+//! `max_in_flight` messages is refilled as acknowledgements come in (never drained at the end of
+//! a page), and each event is handed back the moment its own acknowledgement arrives. A stream
+//! that failed takes no more events for the rest of the call, even events that arrive after the
+//! failure, so a caller retrying the failed one never finds a later version stored before it. A stale copy of a timed-out event that reaches the broker late is older than
 //! any retry and is dropped as a duplicate.
 //!
 //! *Trade-off:* a batch dominated by one hot stream is bound by the round trip (one

@@ -1,16 +1,33 @@
 //! The relay: publishes every committed event to the broker, from a named checkpoint.
 //!
 //! The events table is the outbox. The relay follows the store's commit-safe order
-//! ([`edupulse_ports::EventReader::follow_visible`]), publishes in batches, and saves its
-//! checkpoint only after every event up to it is acknowledged (or parked, see below). Events
-//! already committed beyond the store's horizon (after an older transaction still open) are
-//! published at once too, but the checkpoint never moves past an unsettled row: a
-//! [`edupulse_ports::ReadAhead`] remembers what went out ahead, so that it is not published again
-//! when read again, and a late commit ordered before it is still read. A crash anywhere loses
-//! nothing: the next relay resumes from the last saved checkpoint and re-publishes what was
-//! acknowledged since (at most `checkpoint_interval` of publishing, plus the batch in flight).
-//! The publisher's fence makes the broker refuse those second copies however long the relay was
-//! down, and the relay counts them as duplicates.
+//! ([`edupulse_ports::EventReader::follow_visible`]) and streams the events to the broker
+//! ([`EventPublisher::publish_stream`]); its checkpoint only moves through the contiguous prefix
+//! of settled rows whose events are acknowledged (or parked, see below). Events already
+//! committed beyond the store's horizon (after an older transaction still open) are published at
+//! once too, but the checkpoint never moves past an unsettled row: a [`edupulse_ports::ReadAhead`]
+//! remembers what went out ahead, so that it is not published again when read again, and a late
+//! commit ordered before it is still read. A crash anywhere loses nothing: the next relay resumes
+//! from the last saved checkpoint and re-publishes what was acknowledged since (at most
+//! `checkpoint_interval` of publishing, plus what was in flight). The publisher's fence makes the
+//! broker refuse those second copies however long the relay was down, and the relay counts them
+//! as duplicates.
+//!
+//! # The data path
+//!
+//! ```text
+//!  store ──follow_visible──▶ ReadAhead ──▶ parked streams held ──▶ publish_stream ──▶ broker
+//!  (pages of batch_size,      (what went     (undecodable rows       (window kept full,
+//!   one read in flight)        out ahead)     parked)                 one per stream in flight)
+//!                                                   │                        │ acks, any order
+//!                                                   ▼                        ▼
+//!                                             Window: contiguous settled prefix ──▶ checkpoint saver
+//! ```
+//!
+//! A session reads the next page as soon as fewer than a page of events is outstanding, so the
+//! publisher's window never drains at a page boundary, and each event is acknowledged on its own
+//! (its commit → ack time is its own, not its page's slowest). A transient failure ends the
+//! session; the next starts from the checkpoint after a backoff.
 //!
 //! # Where things are
 //!
@@ -19,9 +36,11 @@
 //! | `mod.rs` | [`Relay`] and its ports, [`Relay::run`]: standby until the lease is taken, then active |
 //! | `config.rs` | [`RelayConfig`] and its defaults |
 //! | `stats.rs` | [`RelayStats`], read as a [`RelaySnapshot`] |
-//! | `active.rs` | the active loop: read ahead, publish, wait for hints or the poll |
+//! | `active.rs` | the active loop: sessions one after the other, a backoff after a failed one |
+//! | `session.rs` | one session: continuous reads, the publisher's stream, acknowledgements, idling |
+//! | `window.rs` | which events are out, and how far the checkpoint may go |
 //! | `checkpoint.rs` | loading the checkpoint at takeover, saving it off the publishing path |
-//! | `publish.rs` | settling a batch: retries, acknowledgements, parking, a blocked stream |
+//! | `publish.rs` | publishing a batch for replay and releases; accounting and the blocked state |
 //! | `parking.rs` | parked streams and their release |
 //! | `replay.rs` | [`Relay::replay`], re-publishing a range in stream order |
 //! | `backoff.rs` | every wait after a failure, cut short by shutdown or the loss of the lease |
@@ -36,14 +55,15 @@
 //!   take it. Each takeover's epoch (a fencing token) is logged and kept in [`RelayStats`].
 //! - **Latency and throughput.** Idle, the relay waits for a commit hint ([`CommitHints`], e.g.
 //!   PostgreSQL NOTIFY) or the poll interval, so an event is published milliseconds after commit.
-//!   Behind, it reads pages of `batch_size` and reads the next page while the current one is being
-//!   published, in a task of its own. Checkpoints are saved off the publishing path (a companion
-//!   future saves the latest acknowledged cursor at most every `checkpoint_interval`; a save is a
-//!   commit, and waiting for it after every batch delayed the next one), and the store's head
-//!   (for the lag metric) is read at most once a second when idle. A hint that reads nothing
-//!   (its events held back behind an older open transaction) is followed by quick re-reads.
+//!   Behind, it reads pages of `batch_size` in a task of its own while up to two pages are being
+//!   published. Checkpoints are saved off the publishing path (a companion future saves the
+//!   latest settled cursor at most every `checkpoint_interval`; a save is a commit), and the
+//!   store's head (for the lag metric) is read at most once a second when idle. A hint that
+//!   reads nothing new (its events held back behind an older open transaction, beyond what may be
+//!   read ahead) is followed by quick re-reads.
 //! - **Broker failures** are retried forever with exponential backoff and jitter (never giving up
-//!   silently), capped at `backoff_max`. A retry of an ambiguous publish never stores a second
+//!   silently), capped at `backoff_max`: the session stops reading, lets what is in flight
+//!   settle, and the next one starts from the checkpoint. A retry of an ambiguous publish never stores a second
 //!   copy (the publisher's fence). Lag is exported as a metric and logged. A refusal of the whole
 //!   broker stream ([`edupulse_ports::PublishError::Misconfigured`]: sealed, deleted) is retried the same way and
 //!   reported by [`RelayStats::blocked_reason`] (and `/readyz`); no event is parked for it.
