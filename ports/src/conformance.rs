@@ -386,7 +386,7 @@ pub async fn paging_and_global_order<S: EventStore + ?Sized>(store: &S) {
     assert_eq!(limited.len(), 1);
 }
 
-/// A follower beyond the horizon ([`EventStore::follow_visible`] with a [`crate::ReadAhead`], as
+/// A follower beyond the horizon ([`crate::EventReader::follow_visible`] with a [`crate::ReadAhead`], as
 /// the relay follows) while writers append concurrently: every event handed out exactly once, each
 /// stream in order, pages in cursor order with their settled rows first, and the checkpoint ends
 /// at the last event once everything is settled.

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | 1 | raw PostgreSQL: `INSERT … SELECT FROM unnest(…)`, 1000 rows per statement and transaction, 4 connections, rows of the events' columns and size, into a scratch table without the store's indexes, triggers or checks |
 //! | 2 | raw JetStream: pipelined publishes (1024 awaiting their ack), same size and headers as the relay's, a fresh `Nats-Msg-Id` each, to a scratch stream |
+//! | 2c | as 2, with the relay's ordering and fence only: 1024 subjects, one message in flight on each, each with `Nats-Expected-Last-Subject-Sequence` |
 //! | 3 | the seed's design: one transaction per event (INSERT of the envelope as jsonb), then a core publish (no ack); 1 and 16 callers |
 //! | 4 | the store's `append` (group commit on): batches of 1, 10, 100, 1000 × 1, 16, 64 callers, each for a fixed time |
 //! | 5 | the relay catching up from a backlog (`--backlog`, spread over 10 000 aggregates), from its checkpoint to caught up, in a process of its own |

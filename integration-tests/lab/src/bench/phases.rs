@@ -2,7 +2,7 @@
 //! both together), the seed's design (3), the store's appends (4), the relay's catch-up (5) and
 //! the live relay (6, end to end). `run` strings them together and builds the report.
 
-use super::raw::{self, Measured};
+use super::raw::{self, Fencing, Measured};
 use super::report::{BenchReport, LatencyRow, Row};
 use super::sys::{self, CpuPerEvent, CpuProbe};
 use super::workload::Template;
@@ -220,22 +220,34 @@ async fn ceilings(
         m,
         lab.cpu_since(cpu, &m),
     );
-    let cpu = lab.probe.snapshot(None);
-    let m = raw::raw_publish(
-        &lab.js,
-        &lab.raw_prefix,
-        &lab.template,
-        lab.plan.raw_events,
-        lab.window,
-    )
-    .await?;
-    record(
-        rows,
-        "raw_js",
-        format!("2. raw JetStream: pipelined acked publish + msg id ({window})"),
-        m,
-        lab.cpu_since(cpu, &m),
-    );
+    // 2, and 2c: the relay's ordering and fence alone (one in flight per subject, each fenced).
+    let publishes = [
+        (
+            "raw_js",
+            format!("2. raw JetStream: pipelined acked publish + msg id ({window})"),
+            Fencing::Unfenced,
+        ),
+        (
+            "raw_js_fenced",
+            format!(
+                "2c. raw JetStream as 2, fenced, one in flight per subject ({window} subjects)"
+            ),
+            Fencing::PerSubject,
+        ),
+    ];
+    for (key, label, fencing) in publishes {
+        let cpu = lab.probe.snapshot(None);
+        let m = raw::raw_publish(
+            &lab.js,
+            &lab.raw_prefix,
+            &lab.template,
+            lab.plan.raw_events,
+            lab.window,
+            fencing,
+        )
+        .await?;
+        record(rows, key, label, m, lab.cpu_since(cpu, &m));
+    }
     // 2b: the same on a server that fsyncs every write before acknowledging it.
     if let Some(durable) = durable {
         let client = async_nats::connect(&durable.url)
@@ -257,6 +269,7 @@ async fn ceilings(
             &lab.template,
             lab.plan.raw_events,
             lab.window,
+            Fencing::Unfenced,
         )
         .await?;
         record(
@@ -283,7 +296,8 @@ async fn ceilings(
             &lab.raw_prefix,
             &lab.template,
             lab.plan.raw_events,
-            lab.window
+            lab.window,
+            Fencing::Unfenced,
         ),
     );
     a?;

@@ -152,9 +152,45 @@ pub(crate) async fn create_raw_stream(
     Ok(())
 }
 
+/// How [`raw_publish`] orders and fences its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fencing {
+    /// Pipelined over 1024 subjects, no expectation: the broker's plain ceiling.
+    Unfenced,
+    /// The relay's ordering and fence and nothing else of the relay: one message in flight per
+    /// subject, each carrying `Nats-Expected-Last-Subject-Sequence` (the previous
+    /// acknowledgement's sequence). What the broker can do for a fenced, per-aggregate ordered
+    /// publisher.
+    PerSubject,
+}
+
 /// Publishes `total` messages of the template's size and headers (a fresh `Nats-Msg-Id` each)
 /// with up to `window` awaiting their acknowledgement, and awaits every acknowledgement.
 pub(crate) async fn raw_publish(
+    js: &jetstream::Context,
+    prefix: &str,
+    template: &Template,
+    total: u64,
+    window: usize,
+    fencing: Fencing,
+) -> Result<Measured, BenchError> {
+    match fencing {
+        Fencing::Unfenced => pipelined(js, prefix, template, total, window).await,
+        Fencing::PerSubject => fenced(js, prefix, template, total, window).await,
+    }
+}
+
+/// The template's headers with a fresh `Nats-Msg-Id`.
+fn fresh_headers(template: &Template) -> async_nats::HeaderMap {
+    let mut headers = template.headers.clone();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        Uuid::now_v7().to_string().as_str(),
+    );
+    headers
+}
+
+async fn pipelined(
     js: &jetstream::Context,
     prefix: &str,
     template: &Template,
@@ -170,13 +206,8 @@ pub(crate) async fn raw_publish(
         .collect();
     loop {
         while in_flight.len() < window.max(1) && sent < total {
-            let mut headers = template.headers.clone();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                Uuid::now_v7().to_string().as_str(),
-            );
             let message = PublishMessage::build()
-                .headers(headers)
+                .headers(fresh_headers(template))
                 .payload(template.encoded.clone());
             let subject = streams[(sent % streams.len() as u64) as usize].clone();
             in_flight.push(async move {
@@ -197,6 +228,52 @@ pub(crate) async fn raw_publish(
     }
     Ok(Measured {
         events: total,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// [`Fencing::PerSubject`] over `chains` subjects.
+async fn fenced(
+    js: &jetstream::Context,
+    prefix: &str,
+    template: &Template,
+    total: u64,
+    chains: usize,
+) -> Result<Measured, BenchError> {
+    let chains = chains.max(1);
+    let per_chain = total / chains as u64;
+    let started = Instant::now();
+    let mut running: FuturesUnordered<_> = (0..chains)
+        .map(|_| {
+            let subject = format!("{prefix}.{}.{}", template.event_type, StreamId::new());
+            async move {
+                let mut last = 0u64;
+                for _ in 0..per_chain {
+                    let mut headers = fresh_headers(template);
+                    headers.insert(
+                        async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                        last.to_string().as_str(),
+                    );
+                    let message = PublishMessage::build()
+                        .headers(headers)
+                        .payload(template.encoded.clone());
+                    let ack = js
+                        .send_publish(subject.clone(), message)
+                        .await
+                        .map_err(nats("raw fenced publish"))?
+                        .await
+                        .map_err(nats("raw fenced publish acknowledgement"))?;
+                    last = ack.sequence;
+                }
+                Ok::<(), BenchError>(())
+            }
+        })
+        .collect();
+    while let Some(chain) = running.next().await {
+        chain?;
+    }
+    Ok(Measured {
+        events: per_chain * chains as u64,
         elapsed: started.elapsed(),
     })
 }
