@@ -24,8 +24,8 @@
 //!                                             Window: contiguous settled prefix ──▶ checkpoint saver
 //! ```
 //!
-//! A session reads the next page as soon as fewer than a page of events is outstanding, so the
-//! publisher's window never drains at a page boundary, and each event is acknowledged on its own
+//! A session reads the next page as soon as at most one page of events is outstanding (so up to
+//! two are being published at once), and the publisher's window never drains at a page boundary, and each event is acknowledged on its own
 //! (its commit → ack time is its own, not its page's slowest). A transient failure ends the
 //! session; the next starts from the checkpoint after a backoff.
 //!
@@ -55,8 +55,8 @@
 //!   take it. Each takeover's epoch (a fencing token) is logged and kept in [`RelayStats`].
 //! - **Latency and throughput.** Idle, the relay waits for a commit hint ([`CommitHints`], e.g.
 //!   PostgreSQL NOTIFY) or the poll interval, so an event is published milliseconds after commit.
-//!   Behind, it reads pages of `batch_size` in a task of its own while up to two pages are being
-//!   published. Checkpoints are saved off the publishing path (a companion future saves the
+//!   Behind, it reads pages of `batch_size` in a task of its own as soon as at most one page is
+//!   still being published. Checkpoints are saved off the publishing path (a companion future saves the
 //!   latest settled cursor at most every `checkpoint_interval`; a save is a commit), and the
 //!   store's head (for the lag metric) is read at most once a second when idle. A hint that
 //!   reads nothing new (its events held back behind an older open transaction, beyond what may be

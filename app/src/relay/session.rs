@@ -2,9 +2,9 @@
 //! publisher's stream ([`edupulse_ports::EventPublisher::publish_stream`]); acknowledgements are
 //! taken as they come and the checkpoint moves through the settled prefix ([`Window`]).
 //!
-//! The window never drains between pages: the next page is read while the previous ones are
-//! being published, up to two pages outstanding, and the publisher keeps its own in-flight window
-//! full across page boundaries. Per-stream order is the publisher's: one event in flight per
+//! The window never drains between pages: the next page is read while earlier ones are being
+//! published (as soon as at most one page is outstanding), and the publisher keeps its own
+//! in-flight window full across page boundaries. Per-stream order is the publisher's: one event in flight per
 //! stream, in the order given, and once an event of a stream fails, nothing later of that stream
 //! is sent in the session.
 //!
