@@ -259,53 +259,6 @@ struct SubjectContended {
     event_id: String,
 }
 
-/// Per-batch bookkeeping: each stream's pending events and which streams may send next.
-struct Schedule {
-    /// The events of each stream not yet sent, in order.
-    pending: HashMap<StreamId, VecDeque<usize>>,
-    /// Streams with nothing in flight and something pending, in turn.
-    ready: VecDeque<StreamId>,
-}
-
-impl Schedule {
-    fn new(events: &[RecordedEvent]) -> Self {
-        let mut pending: HashMap<StreamId, VecDeque<usize>> = HashMap::new();
-        let mut ready = VecDeque::new();
-        for (i, event) in events.iter().enumerate() {
-            pending
-                .entry(event.stream_id)
-                .or_insert_with(|| {
-                    ready.push_back(event.stream_id);
-                    VecDeque::new()
-                })
-                .push_back(i);
-        }
-        Self { pending, ready }
-    }
-
-    /// The next event to send, from the next ready stream.
-    fn next(&mut self) -> Option<(StreamId, usize)> {
-        while let Some(stream) = self.ready.pop_front() {
-            if let Some(index) = self.pending.get_mut(&stream).and_then(VecDeque::pop_front) {
-                return Some((stream, index));
-            }
-        }
-        None
-    }
-
-    /// The stream's event was acknowledged: its next event may go.
-    fn succeeded(&mut self, stream: StreamId) {
-        if self.pending.get(&stream).is_some_and(|q| !q.is_empty()) {
-            self.ready.push_back(stream);
-        }
-    }
-
-    /// The stream's event failed: the rest of the stream is not attempted.
-    fn failed(&mut self, stream: StreamId) -> VecDeque<usize> {
-        self.pending.remove(&stream).unwrap_or_default()
-    }
-}
-
 /// The schedule of a streaming publish: events arrive over time; each stream has at most one in
 /// flight, the rest wait in order; a failed stream takes no more events.
 #[derive(Default)]
@@ -366,65 +319,31 @@ impl Streams {
 
 #[async_trait]
 impl EventPublisher for NatsPublisher {
-    /// Publishes with up to `max_in_flight` messages awaiting acknowledgement, but at most one per
-    /// stream; every acknowledgement is awaited. See the crate documentation.
+    /// The batch as a stream ([`EventPublisher::publish_stream`]): up to `max_in_flight`
+    /// messages awaiting acknowledgement, at most one per stream; every acknowledgement is
+    /// awaited, and the results are put back in the batch's order.
     #[tracing::instrument(name = "publish", skip_all, fields(events = events.len()))]
     async fn publish(&self, events: &[RecordedEvent]) -> Vec<PublishResult> {
+        let (settled_tx, settled) = futures::channel::mpsc::unbounded();
+        let batch = futures::stream::iter(events.to_vec()).boxed();
+        self.publish_stream(batch, settled_tx).await;
+        let index: HashMap<_, _> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.envelope.id, i))
+            .collect();
         let mut results: Vec<Option<PublishResult>> = events.iter().map(|_| None).collect();
-        let mut schedule = Schedule::new(events);
-        let mut in_flight = FuturesUnordered::new();
-        let fail = |results: &mut Vec<Option<PublishResult>>,
-                    schedule: &mut Schedule,
-                    stream,
-                    index: usize,
-                    error| {
-            results[index] = Some(Err(error));
-            for later in schedule.failed(stream) {
-                results[later] = Some(Err(PublishError::NotAttempted));
-            }
-        };
-
-        // The smaller of our limit and the server's `max_payload` (known once connected).
-        let limit = self.max_message_bytes.min(self.js.client().max_payload());
-        loop {
-            while in_flight.len() < self.max_in_flight {
-                let Some((stream, index)) = schedule.next() else {
-                    break;
-                };
-                match outgoing(&self.subject_prefix, limit, &events[index]) {
-                    // Sending and acknowledging are one future: while a send waits for an
-                    // in-flight permit (shared with concurrent calls), the acknowledgements of
-                    // this batch keep being polled, so permits are always released.
-                    Ok(out) => in_flight.push(async move {
-                        let acked = self.publish_fenced(&events[index], out, limit).await;
-                        (stream, index, acked)
-                    }),
-                    Err(e) => fail(&mut results, &mut schedule, stream, index, e),
-                }
-            }
-            let Some((stream, index, acked)) = in_flight.next().await else {
-                break;
-            };
-            match acked {
-                Ok(ack) => {
-                    results[index] = Some(Ok(ack));
-                    schedule.succeeded(stream);
-                }
-                Err(error) => {
-                    tracing::debug!(event = %events[index].envelope.id, %error, "publish failed");
-                    fail(&mut results, &mut schedule, stream, index, error);
-                }
+        for Settled { event, result } in settled.collect::<Vec<_>>().await {
+            if let Some(&i) = index.get(&event.envelope.id) {
+                results[i] = Some(result);
             }
         }
-
-        let mut results: Vec<PublishResult> = results
-            .into_iter()
-            // Every index was either sent (and settled), failed, or marked not attempted; should
-            // that ever not hold, report the event as not attempted rather than panic.
-            .map(|r| r.unwrap_or(Err(PublishError::NotAttempted)))
-            .collect();
-        self.recheck_no_responders(&mut results).await;
         results
+            .into_iter()
+            // Every event is settled by `publish_stream`; should that ever not hold, report it
+            // as not attempted rather than panic.
+            .map(|r| r.unwrap_or(Err(PublishError::NotAttempted)))
+            .collect()
     }
 
     /// Keeps up to `max_in_flight` messages awaiting acknowledgement as events arrive, at most
@@ -694,17 +613,23 @@ mod tests {
     fn schedule_keeps_one_per_stream_and_stops_a_failed_stream() {
         let (a, b) = (StreamId::new(), StreamId::new());
         let events = vec![event(a), event(b), event(a), event(a), event(b)];
-        let mut s = Schedule::new(&events);
-        assert_eq!(s.next(), Some((a, 0)));
-        assert_eq!(s.next(), Some((b, 1)));
+        let ids: Vec<_> = events.iter().map(|e| e.envelope.id).collect();
+        let mut s = Streams::default();
+        for e in events {
+            assert!(s.arrive(e).is_none());
+        }
+        let mut next = || s.next().map(|e| e.envelope.id);
+        assert_eq!(next(), Some(ids[0]));
+        assert_eq!(next(), Some(ids[1]));
         // Both streams have one in flight: nothing else may go.
-        assert_eq!(s.next(), None);
+        assert_eq!(next(), None);
         s.succeeded(a);
-        assert_eq!(s.next(), Some((a, 2)));
-        assert_eq!(s.failed(a), VecDeque::from([3]));
+        assert_eq!(s.next().map(|e| e.envelope.id), Some(ids[2]));
+        let held: Vec<_> = s.failed(a).into_iter().map(|e| e.envelope.id).collect();
+        assert_eq!(held, vec![ids[3]]);
         s.succeeded(b);
-        assert_eq!(s.next(), Some((b, 4)));
+        assert_eq!(s.next().map(|e| e.envelope.id), Some(ids[4]));
         s.succeeded(b);
-        assert_eq!(s.next(), None);
+        assert_eq!(s.next().map(|e| e.envelope.id), None);
     }
 }

@@ -181,9 +181,13 @@ mod tests {
             .with_stream(stream),
             stream_id: stream,
             stream_version: 1,
-            cursor: Cursor { commit, position },
+            cursor: at(commit, position),
             recorded_at: chrono::Utc::now(),
         })
+    }
+
+    fn at(commit: u64, position: u64) -> Cursor {
+        Cursor { commit, position }
     }
 
     fn page(rows: &[(u64, u64)], settled: usize) -> FollowedPage {
@@ -215,21 +219,9 @@ mod tests {
         // (5,1) settled; (9,3) and (9,4) committed above the horizon (an open transaction 7).
         let first = ahead.plan(page(&[(5, 1), (9, 3), (9, 4)], 1));
         assert_eq!(cursors(&first), [(5, 1), (9, 3), (9, 4)]);
-        assert_eq!(
-            first.settled_to,
-            Some(Cursor {
-                commit: 5,
-                position: 1
-            })
-        );
-        assert!(!first.is_ahead(Cursor {
-            commit: 5,
-            position: 1
-        }));
-        assert!(first.is_ahead(Cursor {
-            commit: 9,
-            position: 3
-        }));
+        assert_eq!(first.settled_to, Some(at(5, 1)));
+        assert!(!first.is_ahead(at(5, 1)));
+        assert!(first.is_ahead(at(9, 3)));
         handle_all(&mut ahead, &first);
         assert_eq!(ahead.len(), 2);
 
@@ -241,17 +233,8 @@ mod tests {
         // rows handed out are not handed out again.
         let late = ahead.plan(page(&[(7, 2), (9, 3), (9, 4), (11, 5)], 3));
         assert_eq!(cursors(&late), [(7, 2), (11, 5)]);
-        assert_eq!(
-            late.settled_to,
-            Some(Cursor {
-                commit: 9,
-                position: 4
-            })
-        );
-        assert!(late.is_ahead(Cursor {
-            commit: 11,
-            position: 5
-        }));
+        assert_eq!(late.settled_to, Some(at(9, 4)));
+        assert!(late.is_ahead(at(11, 5)));
         handle_all(&mut ahead, &late);
         // Passed by the checkpoint: forgotten.
         assert_eq!(ahead.len(), 1);

@@ -5,7 +5,7 @@ use super::backoff::backoff_delay;
 use super::{EventMetrics, Interrupted, Relay};
 use chrono::Utc;
 use edupulse_domain::StreamId;
-use edupulse_ports::{Lease, PublishError, RecordedEvent};
+use edupulse_ports::{Lease, PublishAck, PublishError, RecordedEvent};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
@@ -43,10 +43,7 @@ impl Relay {
                     match result {
                         _ if given_up.contains(&event.stream_id) => {}
                         Ok(ack) => {
-                            self.stats
-                                .broker_sequence
-                                .fetch_max(ack.sequence, Ordering::Relaxed);
-                            self.acked(event, ack.duplicate);
+                            self.acked(event, *ack);
                         }
                         Err(e) if e.is_permanent() => {
                             given_up.insert(event.stream_id);
@@ -122,7 +119,12 @@ impl Relay {
         *blocked = reason;
     }
 
-    pub(super) fn acked(&self, event: &RecordedEvent, duplicate: bool) {
+    /// Accounts for `event`'s acknowledgement: the broker's sequence (saved with the checkpoint),
+    /// the counters and the commit → ack latency.
+    pub(super) fn acked(&self, event: &RecordedEvent, ack: PublishAck) {
+        self.stats
+            .broker_sequence
+            .fetch_max(ack.sequence, Ordering::Relaxed);
         // Per-event metrics go through handles taken once: the `metrics` macros look the metric
         // up in the registry (hash and lock) at every call, which showed on the catch-up path.
         // Taken at first use, i.e. once running, after the exporter was installed.
@@ -131,7 +133,7 @@ impl Relay {
             duplicates: metrics::counter!("edupulse_relay_duplicates_total"),
             commit_to_ack: metrics::histogram!("edupulse_relay_commit_to_ack_seconds"),
         });
-        if duplicate {
+        if ack.duplicate {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             handles.duplicates.increment(1);
         } else {

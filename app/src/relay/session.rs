@@ -282,7 +282,7 @@ impl Relay {
             }
             if input.unbounded_send(event).is_err() {
                 // The publisher is gone; the session ends with what is outstanding.
-                d.window.abandoned(cursor);
+                d.window.abandoned();
                 d.stop_feeding();
             }
         }
@@ -306,10 +306,7 @@ impl Relay {
         let cursor = event.cursor;
         match result {
             Ok(ack) => {
-                self.stats
-                    .broker_sequence
-                    .fetch_max(ack.sequence, Ordering::Relaxed);
-                self.acked(&event, ack.duplicate);
+                self.acked(&event, ack);
                 d.window.settled(cursor);
                 if std::mem::take(&mut d.unblock) {
                     self.note_blocked(None);
@@ -327,7 +324,7 @@ impl Relay {
                 d.window.settled(cursor);
             }
             Err(error) => {
-                d.window.abandoned(cursor);
+                d.window.abandoned();
                 if d.failure.is_none() {
                     self.note_blocked(Some(&error));
                     d.failure = Some(error);

@@ -57,9 +57,9 @@ impl Window {
         self.outstanding = self.outstanding.saturating_sub(1);
     }
 
-    /// `cursor`'s event will not settle in this session (its publish failed, or was never
+    /// An event will not settle in this session (its publish failed, or was never
     /// attempted): the checkpoint stays before it, and it no longer counts as outstanding.
-    pub(super) fn abandoned(&mut self, _cursor: Cursor) {
+    pub(super) fn abandoned(&mut self) {
         self.outstanding = self.outstanding.saturating_sub(1);
     }
 
@@ -130,7 +130,7 @@ mod tests {
         w.through(c(3));
         w.settled(c(1));
         assert_eq!(w.advance(), Some(c(1)));
-        w.abandoned(c(2));
+        w.abandoned();
         w.settled(c(3));
         assert_eq!(w.advance(), None);
     }
@@ -142,7 +142,7 @@ mod tests {
         w.through(c(1));
         w.sent(c(2));
         w.through(c(2));
-        w.abandoned(c(1));
+        w.abandoned();
         w.settled(c(2));
         assert_eq!(w.outstanding(), 0);
         assert_eq!(w.advance(), None);

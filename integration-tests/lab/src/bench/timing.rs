@@ -43,25 +43,10 @@ pub(crate) struct TimingPublisher {
 
 #[async_trait]
 impl EventPublisher for TimingPublisher {
+    /// Not timed: the relay publishes through [`EventPublisher::publish_stream`] (this batch
+    /// path serves replays and releases).
     async fn publish(&self, events: &[RecordedEvent]) -> Vec<PublishResult> {
-        let handed = Instant::now();
-        let results = self.inner.publish(events).await;
-        let now = Instant::now();
-        let mut committed = self
-            .committed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !committed.is_empty() {
-            for (event, result) in events.iter().zip(&results) {
-                if result.is_ok()
-                    && let Some(at) = committed.remove(&event.envelope.id)
-                {
-                    self.latency.record(now.saturating_duration_since(at));
-                    self.read.record(handed.saturating_duration_since(at));
-                }
-            }
-        }
-        results
+        self.inner.publish(events).await
     }
 
     /// The inner publisher's stream, timed per event: handed to the publisher (read) when it
