@@ -382,6 +382,7 @@ mod tests {
                 position: 7,
             },
             recorded_at: chrono::Utc::now(),
+            body: None,
         }
     }
 

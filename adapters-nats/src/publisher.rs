@@ -606,6 +606,7 @@ mod tests {
                 position: 1,
             },
             recorded_at: chrono::Utc::now(),
+            body: None,
         }
     }
 

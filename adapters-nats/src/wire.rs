@@ -193,7 +193,7 @@ pub(crate) fn outgoing(
 ) -> Result<Outgoing, PublishError> {
     let subject = event_subject(prefix, event)?;
     let headers = event_headers(event);
-    let payload = Bytes::from(event.envelope.encode());
+    let payload = event.encoded();
     let size = wire_size(&headers, payload.len());
     if size > max_bytes {
         return Err(PublishError::TooLarge {
@@ -266,6 +266,7 @@ mod tests {
                 position,
             },
             recorded_at: chrono::Utc::now(),
+            body: None,
         }
     }
 

@@ -6,7 +6,6 @@ use crate::hints::HintMode;
 use chrono::{DateTime, Utc};
 use edupulse_domain::{EventEnvelope, ExpectedVersion, StreamId, Uuid};
 use edupulse_ports::{AppendOutcome, AppendedEvent, StoreError};
-use serde_json::Value;
 use sqlx::{Connection, PgConnection, Row};
 
 /// How many times an append with [`ExpectedVersion::Any`] is retried when another writer takes
@@ -49,7 +48,7 @@ WITH head AS (
            u.event_type, u.schema_version, u.occurred_at, u.metadata, u.payload
     FROM accepted a
     CROSS JOIN unnest($4::uuid[], $5::uuid[], $6::text[], $7::int4[], $8::timestamptz[],
-                      $9::jsonb[], $10::jsonb[])
+                      $9::text[]::json[], $10::text[]::json[])
         WITH ORDINALITY AS u(event_id, aggregate_id, event_type, schema_version, occurred_at,
                              metadata, payload, ord)
     -- Who sends the commit hint (see HintMode): set before the statement's trigger runs.
@@ -63,17 +62,18 @@ SELECT (SELECT version FROM target) AS head,
 "#;
 
 /// For each event of a batch (in order): whether its id is stored, where, and whether the stored
-/// event has the same content. jsonb equality is semantic (key order and number spelling do not
-/// matter), which is what "the same event" means.
+/// event has the same content. The texts are compared as jsonb, whose equality is semantic (key
+/// order, spacing and number spelling do not matter), which is what "the same event" means.
 const LOOKUP_IDS_SQL: &str = r#"
 SELECT e.position, e.stream_version,
        (e.stream_id = $2
         AND e.aggregate_id IS NOT DISTINCT FROM u.aggregate_id
         AND e.event_type = u.event_type
         AND e.schema_version = u.schema_version
-        AND e.metadata = u.metadata
-        AND e.payload = u.payload) AS same
-FROM unnest($1::uuid[], $3::uuid[], $4::text[], $5::int4[], $6::jsonb[], $7::jsonb[])
+        AND e.metadata::jsonb = u.metadata
+        AND e.payload::jsonb = u.payload) AS same
+FROM unnest($1::uuid[], $3::uuid[], $4::text[], $5::int4[], $6::text[]::jsonb[],
+            $7::text[]::jsonb[])
     WITH ORDINALITY AS u(event_id, aggregate_id, event_type, schema_version, metadata, payload, ord)
 LEFT JOIN events e ON e.event_id = u.event_id
 ORDER BY u.ord
@@ -90,8 +90,11 @@ pub(crate) struct Columns {
     pub(crate) event_types: Vec<String>,
     pub(crate) schema_versions: Vec<i32>,
     pub(crate) occurred_at: Vec<DateTime<Utc>>,
-    pub(crate) metadata: Vec<Value>,
-    pub(crate) payloads: Vec<Value>,
+    /// As [`EventEnvelope::metadata_json`] writes it.
+    pub(crate) metadata: Vec<String>,
+    /// As [`EventEnvelope::payload_json`] writes it: the `json` column keeps this text, and the
+    /// relay sends it on as it is.
+    pub(crate) payloads: Vec<String>,
 }
 
 impl Columns {
@@ -122,8 +125,8 @@ impl Columns {
         self.event_types.push(e.event_type().to_owned());
         self.schema_versions.push(i32::from(e.schema_version()));
         self.occurred_at.push(e.occurred_at);
-        self.metadata.push(Value::Object(e.metadata.to_json()));
-        self.payloads.push(e.event.payload());
+        self.metadata.push(e.metadata_json());
+        self.payloads.push(e.payload_json());
     }
 }
 

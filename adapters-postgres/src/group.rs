@@ -67,7 +67,7 @@ WITH requests AS (
            coalesce(a.version, 0) + u.nth, u.aggregate_id,
            u.event_type, u.schema_version, u.occurred_at, u.metadata, u.payload
     FROM unnest($4::int8[], $5::int8[], $6::uuid[], $7::uuid[], $8::text[], $9::int4[],
-                $10::timestamptz[], $11::jsonb[], $12::jsonb[])
+                $10::timestamptz[], $11::text[]::json[], $12::text[]::json[])
         WITH ORDINALITY AS u(req, nth, event_id, aggregate_id, event_type, schema_version,
                              occurred_at, metadata, payload, ord)
     JOIN accepted a ON a.req = u.req

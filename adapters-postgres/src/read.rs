@@ -2,6 +2,7 @@
 
 use crate::append::to_u64;
 use crate::error::{internal, map_sqlx};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use edupulse_domain::EventId;
 use edupulse_domain::{StoredEnvelope, StreamId, Uuid};
@@ -12,7 +13,8 @@ use sqlx::PgPool;
 use std::sync::LazyLock;
 
 /// Metadata and payload come as JSON text, decoded straight into their types by
-/// [`StoredEnvelope`] (a `jsonb` column would be decoded into a `serde_json::Value` tree first).
+/// [`StoredEnvelope`]; the `json` columns keep the text as the appender wrote it, so the payload's
+/// text is also the wire body's ([`StoredEnvelope::into_envelope_and_body`]).
 const COLUMNS: &str = "position, commit_key, event_id, stream_id, stream_version, aggregate_id, \
                        event_type, schema_version, occurred_at, recorded_at, \
                        metadata::text AS metadata, payload::text AS payload";
@@ -150,8 +152,8 @@ impl EventRow {
             metadata: &self.metadata,
             payload: &self.payload,
         };
-        let envelope = stored
-            .into_envelope()
+        let (envelope, body) = stored
+            .into_envelope_and_body()
             .map_err(|source| StoreError::Corrupted { position, source })?;
         Ok(RecordedEvent {
             envelope,
@@ -162,6 +164,7 @@ impl EventRow {
                 position,
             },
             recorded_at: self.recorded_at,
+            body: Some(Bytes::from(body)),
         })
     }
 }

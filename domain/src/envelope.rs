@@ -227,7 +227,7 @@ struct WireEvent<'a> {
 
 /// Serializes an event's payload straight from its typed value: no intermediate JSON tree on the
 /// relay's hot path (every published event is encoded once).
-struct PayloadRef<'a>(&'a DomainEvent);
+pub(crate) struct PayloadRef<'a>(pub(crate) &'a DomainEvent);
 
 /// In the envelope schema, any payload: the schema of each event type and version replaces it
 /// with the payload's own (`crate::schemas`).
@@ -402,7 +402,7 @@ impl StoredEnvelope<'_> {
 }
 
 /// The envelope of a decoded event, from its wire parts (shared by the raw and stored paths).
-fn assemble(
+pub(crate) fn assemble(
     id: Uuid,
     aggregate_id: Option<Uuid>,
     occurred_at: DateTime<Utc>,
@@ -765,6 +765,35 @@ mod tests {
                     .into_envelope()
                 });
             prop_assert_eq!(format!("{stored:?}"), format!("{raw:?}"));
+        }
+
+        #[test]
+        fn the_body_from_stored_parts_is_the_encoding(
+            event in event_strategy(),
+            stream in proptest::option::of(uuid_strategy()),
+            secs in 0i64..4_000_000_000,
+            micros in 0u32..1_000_000,
+            extra in proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,20}", 0..4),
+        ) {
+            let mut env = EventEnvelope::new(event)
+                .with_occurred_at(DateTime::from_timestamp(secs, micros * 1000).unwrap());
+            env.aggregate_id = stream.map(StreamId::from_uuid);
+            env.metadata.correlation_id = crate::ContextId::new("c-1".to_owned()).ok();
+            env.metadata.extra = extra.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+            let (payload, metadata) = (env.payload_json(), env.metadata_json());
+            let (decoded, body) = StoredEnvelope {
+                id: *env.id.as_uuid(),
+                aggregate_id: env.aggregate_id.map(|s| *s.as_uuid()),
+                occurred_at: env.occurred_at,
+                version: env.schema_version(),
+                event_type: env.event_type(),
+                metadata: &metadata,
+                payload: &payload,
+            }
+            .into_envelope_and_body()
+            .unwrap();
+            prop_assert_eq!(String::from_utf8(body).unwrap(), String::from_utf8(env.encode()).unwrap());
+            prop_assert_eq!(decoded, env);
         }
 
         #[test]

@@ -322,6 +322,121 @@ pub async fn standalone_events<S: EventStore + ?Sized>(store: &S) {
     assert_eq!(read[0].envelope.aggregate_id, None);
 }
 
+/// Events of every kind, with metadata and text that JSON spells in more than one way (escapes,
+/// non-ASCII, numbers), for [`stored_bytes_are_the_envelope_encoding`].
+fn every_kind_of_event(stream: StreamId) -> Vec<EventEnvelope> {
+    use edupulse_domain::{AmountCents, BadgeAwarded, ContextId, PaymentProcessed, QuizSubmitted};
+    let score = |v: f32| edupulse_domain::Score::new(v).expect("a valid score");
+    let mut metadata = Metadata {
+        correlation_id: ContextId::new("req-42").ok(),
+        causation_id: ContextId::new(Uuid::new_v4().to_string()).ok(),
+        ..Metadata::default()
+    };
+    metadata
+        .extra
+        .insert("z-last".into(), "\"quoted\" \\ ✓ 😀".into());
+    metadata.extra.insert(
+        "a-first".into(),
+        serde_json::json!({"n": 1.5e3, "list": [1, null]}),
+    );
+    let events: Vec<edupulse_domain::DomainEvent> = vec![
+        LessonPublished {
+            lesson_id: *stream.as_uuid(),
+            author_id: Uuid::new_v4(),
+            title: LessonTitle::new("\"Quotes\", a \\ backslash, ünïcode, </script>, 😀")
+                .expect("a valid title"),
+        }
+        .into(),
+        QuizSubmitted::new(Uuid::new_v4(), Uuid::new_v4(), score(0.1), score(3.0))
+            .expect("a valid submission")
+            .into(),
+        BadgeAwarded {
+            badge_id: Uuid::new_v4(),
+            recipient_id: Uuid::new_v4(),
+        }
+        .into(),
+        PaymentProcessed {
+            invoice_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            amount_cents: AmountCents::new(i64::MAX).expect("a valid amount"),
+        }
+        .into(),
+    ];
+    events
+        .into_iter()
+        .map(|e| {
+            EventEnvelope::new(e)
+                .with_stream(stream)
+                .with_metadata(metadata.clone())
+        })
+        .collect()
+}
+
+/// What a follower hands the broker ([`RecordedEvent::encoded`]) is, byte for byte, the
+/// envelope's encoding of the event as appended, on every read path: consumers receive exactly
+/// what they always have, whether or not the store keeps the bytes.
+pub async fn stored_bytes_are_the_envelope_encoding<S: EventStore + ?Sized>(store: &S) {
+    let stream = StreamId::new();
+    let events = every_kind_of_event(stream);
+    store
+        .append(stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("append");
+    let mut standalone = sample_event(StreamId::new());
+    standalone.aggregate_id = None;
+    store
+        .append(
+            standalone.stream_id(),
+            ExpectedVersion::NoStream,
+            vec![standalone.clone()],
+        )
+        .await
+        .expect("append standalone");
+    let expected: HashMap<EventId, Vec<u8>> = events
+        .iter()
+        .chain([&standalone])
+        .map(|e| (e.id, e.encode()))
+        .collect();
+    let same = |how: &str, read: &RecordedEvent| {
+        let want = &expected[&read.envelope.id];
+        assert_eq!(
+            String::from_utf8_lossy(&read.encoded()),
+            String::from_utf8_lossy(want),
+            "{how}: the bytes of event {} are not its encoding",
+            read.envelope.id
+        );
+    };
+    for read in store.read_stream(stream, 1, 10).await.expect("read_stream") {
+        same("read_stream", &read);
+    }
+    let wanted: HashSet<EventId> = expected.keys().copied().collect();
+    for read in read_until(store, 100, &wanted).await {
+        if wanted.contains(&read.envelope.id) {
+            same("read_all", &read);
+        }
+    }
+    let mut seen = HashSet::new();
+    let mut cursor = Cursor::START;
+    while seen.len() < wanted.len() {
+        let page = store
+            .follow_visible(cursor, 100)
+            .await
+            .expect("follow_visible");
+        for row in &page.rows {
+            if let crate::FollowedRow::Event(read) = row
+                && wanted.contains(&read.envelope.id)
+            {
+                same("follow_visible", read);
+                seen.insert(read.envelope.id);
+            }
+        }
+        match page.rows.last() {
+            Some(last) => cursor = last.cursor(),
+            None => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
 /// Stream reads page by version; global reads page by cursor and see everything exactly once.
 pub async fn paging_and_global_order<S: EventStore + ?Sized>(store: &S) {
     let streams: Vec<StreamId> = (0..4).map(|_| StreamId::new()).collect();
@@ -662,6 +777,7 @@ pub fn recorded(envelope: EventEnvelope, version: u64, position: u64) -> Recorde
             position,
         },
         recorded_at: chrono::Utc::now(),
+        body: None,
     }
 }
 
@@ -1140,6 +1256,10 @@ macro_rules! event_store_conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn standalone_events() {
                 $crate::conformance::standalone_events(&$factory).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stored_bytes_are_the_envelope_encoding() {
+                $crate::conformance::stored_bytes_are_the_envelope_encoding(&$factory).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn paging_and_global_order() {

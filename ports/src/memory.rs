@@ -214,6 +214,7 @@ impl EventAppender for InMemoryEventStore {
                 stream_version,
                 cursor: Cursor { commit, position },
                 recorded_at,
+                body: None,
             });
         }
         state.hints.retain(|tx| tx.unbounded_send(()).is_ok());

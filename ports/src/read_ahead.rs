@@ -183,6 +183,7 @@ mod tests {
             stream_version: 1,
             cursor: at(commit, position),
             recorded_at: chrono::Utc::now(),
+            body: None,
         })
     }
 

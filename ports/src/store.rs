@@ -1,5 +1,6 @@
 use crate::StoreError;
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use edupulse_domain::{EventEnvelope, EventId, ExpectedVersion, StreamId};
 use futures::stream::BoxStream;
@@ -33,7 +34,10 @@ impl fmt::Display for Cursor {
 }
 
 /// An event as stored.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Equality compares the event, not [`RecordedEvent::body`]: the body is a cached form of the
+/// envelope.
+#[derive(Debug, Clone)]
 pub struct RecordedEvent {
     /// The event.
     pub envelope: EventEnvelope,
@@ -45,12 +49,35 @@ pub struct RecordedEvent {
     pub cursor: Cursor,
     /// When the store recorded it.
     pub recorded_at: DateTime<Utc>,
+    /// The envelope's wire bytes ([`EventEnvelope::encode`]), when the store read them from what
+    /// it kept instead of encoding the event again (see
+    /// [`edupulse_domain::StoredEnvelope::into_envelope_and_body`]); `None`: encode on use. A
+    /// store sets it only together with `envelope`; whoever changes `envelope` clears it.
+    pub body: Option<Bytes>,
 }
 
 impl RecordedEvent {
     /// The global position.
     pub fn position(&self) -> u64 {
         self.cursor.position
+    }
+
+    /// The envelope as the broker carries it: the stored bytes when the store kept them, the
+    /// envelope's encoding otherwise.
+    pub fn encoded(&self) -> Bytes {
+        self.body
+            .clone()
+            .unwrap_or_else(|| Bytes::from(self.envelope.encode()))
+    }
+}
+
+impl PartialEq for RecordedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.envelope == other.envelope
+            && self.stream_id == other.stream_id
+            && self.stream_version == other.stream_version
+            && self.cursor == other.cursor
+            && self.recorded_at == other.recorded_at
     }
 }
 

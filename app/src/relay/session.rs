@@ -313,7 +313,7 @@ impl Relay {
                 }
             }
             Err(e) if e.is_permanent() => {
-                let raw = String::from_utf8_lossy(&event.envelope.encode()).into_owned();
+                let raw = String::from_utf8_lossy(&event.encoded()).into_owned();
                 let poison = parking::Poison::of(&event, e.to_string(), raw);
                 self.park(poison, cx.parked, cx.lease, cx.shutdown).await?;
                 d.window.settled(cursor);

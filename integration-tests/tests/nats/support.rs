@@ -90,6 +90,7 @@ pub(crate) fn recorded(
             position,
         },
         recorded_at: chrono::Utc::now(),
+        body: None,
     }
 }
 

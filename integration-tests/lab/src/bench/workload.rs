@@ -44,6 +44,7 @@ impl Template {
                 position: 1,
             },
             recorded_at: Utc::now(),
+            body: None,
         };
         let encoded = Bytes::from(envelope.encode());
         let headers = edupulse_nats::event_headers(&recorded);

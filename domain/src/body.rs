@@ -1,0 +1,108 @@
+//! The wire body of a stored event, built from the text the store kept rather than from a second
+//! encoding of the typed payload.
+//!
+//! A store that keeps the payload exactly as [`EventEnvelope::payload_json`] wrote it (PostgreSQL's
+//! `json` type keeps text as given) can hand a follower the envelope's bytes with the payload
+//! copied, not re-encoded: [`StoredEnvelope::into_envelope_and_body`]. The payload is still decoded
+//! once, because a follower must refuse a stored row that is not a valid event (one written by
+//! hand, or by an older build) instead of sending it on; its encoding is what is saved. The
+//! metadata is small and decoded anyway (its values become message headers), so it is written
+//! from its typed form, in its one canonical order.
+
+use crate::envelope::{PayloadRef, assemble};
+use crate::events::INFALLIBLE_JSON;
+use crate::{DecodeError, DomainEvent, EventEnvelope, StoredEnvelope};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+impl EventEnvelope {
+    /// The payload as [`EventEnvelope::encode`] writes it inside the envelope: compact JSON, fields
+    /// in declaration order. A store that keeps exactly this text can serve the envelope's bytes
+    /// without encoding the payload again ([`StoredEnvelope::into_envelope_and_body`]).
+    pub fn payload_json(&self) -> String {
+        serde_json::to_string(&PayloadRef(&self.event)).expect(INFALLIBLE_JSON)
+    }
+
+    /// The metadata as [`EventEnvelope::encode`] writes it inside the envelope.
+    pub fn metadata_json(&self) -> String {
+        serde_json::to_string(&self.metadata).expect(INFALLIBLE_JSON)
+    }
+}
+
+impl StoredEnvelope<'_> {
+    /// Upcasts and validates as [`StoredEnvelope::into_envelope`], and gives the envelope's wire
+    /// bytes with it.
+    ///
+    /// For a known type at its current schema version (nearly every stored event) the bytes carry
+    /// the stored payload text as it is: when the store kept [`EventEnvelope::payload_json`], they
+    /// are exactly [`EventEnvelope::encode`]'s. Older versions (upcast) and unknown types are
+    /// encoded from the decoded envelope.
+    ///
+    /// # Errors
+    /// As [`StoredEnvelope::into_envelope`].
+    pub fn into_envelope_and_body(self) -> Result<(EventEnvelope, Vec<u8>), DecodeError> {
+        if DomainEvent::current_version_of(self.event_type) == Some(self.version)
+            && let Some(Ok(event)) = DomainEvent::decode_current_str(self.event_type, self.payload)
+        {
+            let metadata = serde_json::from_str(self.metadata).map_err(DecodeError::Malformed)?;
+            let envelope = assemble(
+                self.id,
+                self.aggregate_id,
+                self.occurred_at,
+                metadata,
+                event,
+            );
+            let body = Body {
+                id: self.id,
+                aggregate_id: self.aggregate_id,
+                occurred_at: self.occurred_at,
+                version: self.version,
+                event_type: self.event_type,
+                payload: self.payload,
+            }
+            .write(&envelope);
+            return Ok((envelope, body));
+        }
+        let envelope = self.into_envelope()?;
+        let body = envelope.encode();
+        Ok((envelope, body))
+    }
+}
+
+/// The envelope's fields around a payload kept as text, in the order and spelling of the
+/// envelope's `Wire` form (a property test holds the two together).
+struct Body<'a> {
+    id: Uuid,
+    aggregate_id: Option<Uuid>,
+    occurred_at: DateTime<Utc>,
+    version: u16,
+    event_type: &'a str,
+    payload: &'a str,
+}
+
+impl Body<'_> {
+    fn write(&self, envelope: &EventEnvelope) -> Vec<u8> {
+        let mut out = Vec::with_capacity(224 + self.payload.len());
+        out.extend_from_slice(b"{\"id\":");
+        put(&mut out, &self.id);
+        out.extend_from_slice(b",\"aggregate_id\":");
+        put(&mut out, &self.aggregate_id);
+        out.extend_from_slice(b",\"occurred_at\":");
+        put(&mut out, &self.occurred_at);
+        out.extend_from_slice(b",\"version\":");
+        put(&mut out, &self.version);
+        out.extend_from_slice(b",\"metadata\":");
+        put(&mut out, &envelope.metadata);
+        out.extend_from_slice(b",\"event\":{\"type\":");
+        put(&mut out, self.event_type);
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload.as_bytes());
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+fn put<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect(INFALLIBLE_JSON);
+}
