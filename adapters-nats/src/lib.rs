@@ -29,8 +29,11 @@
 //!   replicas, a retention or a limit that drops events, `no_ack`) is a
 //!   [`ProvisionError::Incompatible`] naming the field, never silently used. Harmless differences
 //!   (maximum message size, description) are updated.
-//! - **Messages**: the payload is [`EventEnvelope::encode`](edupulse_domain::EventEnvelope::encode)
-//!   (the seed-compatible JSON); the headers ([`headers`]) carry `Nats-Msg-Id` = the event id,
+//! - **Messages**: the payload is [`RecordedEvent::encoded`](edupulse_ports::RecordedEvent::encoded):
+//!   the store's bytes of the envelope when it kept them (PostgreSQL: the payload as the appender
+//!   wrote it, never encoded a second time), otherwise
+//!   [`EventEnvelope::encode`](edupulse_domain::EventEnvelope::encode); the same seed-compatible
+//!   JSON either way, byte for byte (a store conformance check). The headers ([`headers`]) carry `Nats-Msg-Id` = the event id,
 //!   the event type, schema version, stream id and version, global position, content type, and
 //!   the envelope's `traceparent`, correlation and causation ids; and the CloudEvents attributes
 //!   in binary content mode (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time`,

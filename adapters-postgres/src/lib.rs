@@ -11,6 +11,18 @@
 //! Events are appended to one table, `events`, and nothing else is written: the relay reads the
 //! same table in commit-safe order and publishes to NATS. There is no dual write to get wrong.
 //!
+//! # Stored text is the wire's text
+//!
+//! `metadata` and `payload` are `json` columns (migration 0007), holding the text the appender
+//! wrote: the envelope's own encoding of each ([`EventEnvelope::payload_json`](edupulse_domain::EventEnvelope::payload_json)).
+//! A read decodes the payload once, to validate it, and builds the envelope's wire bytes around
+//! the stored payload text ([`StoredEnvelope::into_envelope_and_body`](edupulse_domain::StoredEnvelope::into_envelope_and_body)),
+//! so the relay publishes exactly what consumers have always received without encoding the
+//! event again. `json` is also cheaper than `jsonb` to insert (checked, not converted) and to read
+//! back as text. Nothing queries inside the columns; an idempotent retry compares them as `jsonb`.
+//! Rows stored before migration 0007, or written by hand, go out with their stored spelling
+//! (jsonb's key order and spacing for the former): the same JSON values.
+//!
 //! # Commit-safe order: nothing ever skipped, nothing read twice
 //!
 //! Positions (`position bigint GENERATED ALWAYS AS IDENTITY`) are handed out when rows are

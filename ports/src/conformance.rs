@@ -322,9 +322,10 @@ pub async fn standalone_events<S: EventStore + ?Sized>(store: &S) {
     assert_eq!(read[0].envelope.aggregate_id, None);
 }
 
-/// Events of every kind, with metadata and text that JSON spells in more than one way (escapes,
-/// non-ASCII, numbers), for [`stored_bytes_are_the_envelope_encoding`].
-fn every_kind_of_event(stream: StreamId) -> Vec<EventEnvelope> {
+/// Events of every kind for `stream`, with metadata and text that JSON spells in more than one
+/// way (escapes, non-ASCII, numbers): for checks that bytes survive storage and publishing, such
+/// as [`stored_bytes_are_the_envelope_encoding`].
+pub fn every_kind_of_event(stream: StreamId) -> Vec<EventEnvelope> {
     use edupulse_domain::{AmountCents, BadgeAwarded, ContextId, PaymentProcessed, QuizSubmitted};
     let score = |v: f32| edupulse_domain::Score::new(v).expect("a valid score");
     let mut metadata = Metadata {

@@ -24,6 +24,11 @@
 //!                                             Window: contiguous settled prefix ──▶ checkpoint saver
 //! ```
 //!
+//! Events travel as the store read them: the envelope's bytes come from the stored text
+//! ([`edupulse_ports::RecordedEvent::encoded`]), and the relay never encodes a payload again.
+//! The store still decodes each row once on the way, so that a row that is not a valid event
+//! parks its stream instead of reaching consumers.
+//!
 //! A session reads the next page as soon as at most one page of events is outstanding (so up to
 //! two are being published at once), and the publisher's window never drains at a page boundary, and each event is acknowledged on its own
 //! (its commit → ack time is its own, not its page's slowest). A transient failure ends the

@@ -251,6 +251,87 @@ async fn caller_transaction_commit_publishes_and_rollback_does_not() {
     assert!(published);
 }
 
+/// What consumers receive is, byte for byte, the envelope's encoding of what was appended: the
+/// relay sends the stored text on, whichever way it was appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_broker_holds_each_envelope_byte_for_byte() {
+    let (pg, nats) = configs().await;
+    let stream_name = nats.stream_name.clone();
+    let backbone = Backbone::connect(&pg, nats).await.expect("connect");
+    backbone.store.migrate().await.expect("migrate");
+    let stream = StreamId::new();
+    let mut events = edupulse_ports::conformance::every_kind_of_event(stream);
+    let in_transaction = events.split_off(2);
+    backbone
+        .store
+        .append(stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("append");
+    let mut tx = backbone.store.pool().begin().await.expect("begin");
+    edupulse_postgres::append_in_transaction(
+        &mut tx,
+        stream,
+        ExpectedVersion::Exact(2),
+        in_transaction.clone(),
+    )
+    .await
+    .expect("append in transaction");
+    tx.commit().await.expect("commit");
+    let mut standalone = badge(StreamId::new());
+    standalone.aggregate_id = None;
+    backbone
+        .store
+        .append(
+            standalone.stream_id(),
+            ExpectedVersion::NoStream,
+            vec![standalone.clone()],
+        )
+        .await
+        .expect("append standalone");
+    let expected: HashMap<String, Vec<u8>> = events
+        .iter()
+        .chain(&in_transaction)
+        .chain([&standalone])
+        .map(|e| (e.id.to_string(), e.encode()))
+        .collect();
+
+    let relay = spawn_relay(backbone.relay(fast_relay(&unique_name("relay"))), None)
+        .await
+        .expect("relay");
+    let ids: HashSet<EventId> = events
+        .iter()
+        .chain(&in_transaction)
+        .chain([&standalone])
+        .map(|e| e.id)
+        .collect();
+    let (seen, _) = consume_all(&backbone, &ids).await;
+    relay.stop().await;
+    assert_eq!(seen.len(), expected.len(), "every event arrived");
+
+    let client = async_nats::connect(shared_nats().await.url())
+        .await
+        .expect("nats");
+    let js = async_nats::jetstream::new(client);
+    let broker = js.get_stream(&stream_name).await.expect("stream");
+    for sequence in 1..=u64::try_from(expected.len()).expect("small") {
+        let message = broker
+            .get_raw_message(sequence)
+            .await
+            .expect("stored message");
+        let id = message
+            .headers
+            .get(edupulse_nats::headers::MSG_ID)
+            .expect("Nats-Msg-Id")
+            .as_str()
+            .to_owned();
+        assert_eq!(
+            String::from_utf8_lossy(&message.payload),
+            String::from_utf8_lossy(&expected[&id]),
+            "the broker's copy of {id} is not the envelope's encoding"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_stop_saves_the_checkpoint_and_restart_resumes() {
     let (pg, nats) = configs().await;

@@ -53,7 +53,7 @@ pub(crate) async fn create_raw_table(pool: &PgPool, table: &str) -> Result<(), B
          event_id uuid NOT NULL, stream_id uuid NOT NULL, stream_version bigint NOT NULL, \
          aggregate_id uuid, event_type text NOT NULL, schema_version integer NOT NULL, \
          occurred_at timestamptz NOT NULL, recorded_at timestamptz NOT NULL DEFAULT \
-         clock_timestamp(), metadata jsonb NOT NULL, payload jsonb NOT NULL)"
+         clock_timestamp(), metadata json NOT NULL, payload json NOT NULL)"
     );
     sqlx::query(&sql)
         .execute(pool)

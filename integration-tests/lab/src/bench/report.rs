@@ -77,7 +77,7 @@ pub struct Target {
 pub struct BenchReport {
     /// Quick (smoke) mode: figures are not meaningful.
     pub quick: bool,
-    /// Size of one encoded event (the NATS payload and, as jsonb, the row's content), bytes.
+    /// Size of one encoded event (the NATS payload and, as json text, the row's content), bytes.
     pub event_bytes: usize,
     /// Size of one NATS message with its headers, bytes.
     pub message_bytes: usize,

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use edupulse_domain::{StreamId, Uuid};
 use edupulse_integration_tests::workload::quiz_submission;
 use edupulse_ports::{Cursor, RecordedEvent};
-use serde_json::Value;
 
 /// One event, made once; raw phases reuse its columns and bytes with fresh ids.
 pub(crate) struct Template {
@@ -16,10 +15,10 @@ pub(crate) struct Template {
     pub(crate) event_type: String,
     /// Its schema version.
     pub(crate) schema_version: i32,
-    /// `metadata` as stored.
-    pub(crate) metadata: Value,
-    /// `payload` as stored.
-    pub(crate) payload: Value,
+    /// `metadata` as stored (the appender's text).
+    pub(crate) metadata: String,
+    /// `payload` as stored (the appender's text).
+    pub(crate) payload: String,
     /// When it occurred.
     pub(crate) occurred_at: DateTime<Utc>,
     /// The encoded envelope (the NATS message payload).
@@ -52,8 +51,8 @@ impl Template {
         Self {
             event_type: envelope.event_type().to_owned(),
             schema_version: i32::from(envelope.schema_version()),
-            metadata: serde_json::to_value(&envelope.metadata).unwrap_or_default(),
-            payload: envelope.event.payload(),
+            metadata: envelope.metadata_json(),
+            payload: envelope.payload_json(),
             occurred_at: envelope.occurred_at,
             encoded,
             headers,
@@ -71,8 +70,8 @@ pub(crate) struct Rows {
     pub(crate) event_types: Vec<String>,
     pub(crate) schema_versions: Vec<i32>,
     pub(crate) occurred_at: Vec<DateTime<Utc>>,
-    pub(crate) metadata: Vec<Value>,
-    pub(crate) payloads: Vec<Value>,
+    pub(crate) metadata: Vec<String>,
+    pub(crate) payloads: Vec<String>,
 }
 
 impl Rows {
@@ -113,5 +112,5 @@ impl Rows {
 /// The `unnest` of [`Rows::bind`]'s parameters, as `u(event_id, stream_id, version, event_type,
 /// schema_version, occurred_at, metadata, payload)`.
 pub(crate) const UNNEST: &str = "unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], \
-     $5::int4[], $6::timestamptz[], $7::jsonb[], $8::jsonb[]) \
+     $5::int4[], $6::timestamptz[], $7::text[]::json[], $8::text[]::json[]) \
      AS u(event_id, stream_id, version, event_type, schema_version, occurred_at, metadata, payload)";
