@@ -110,24 +110,24 @@ impl EventRow {
             StreamId::from_uuid(self.stream_id),
             to_u64(self.stream_version)?,
         );
-        let event_type = self.event_type.clone();
-        let raw = format!(
-            "{{\"metadata\":{},\"payload\":{}}}",
-            self.metadata, self.payload
-        );
-        Ok(match self.into_recorded() {
+        Ok(match self.to_recorded() {
             Ok(event) => FollowedRow::Event(event),
             Err(e) => {
                 let reason = match &e {
                     StoreError::Corrupted { source, .. } => source.to_string(),
                     other => other.to_string(),
                 };
+                // Built only for the rare row that does not decode: the whole stored content.
+                let raw = format!(
+                    "{{\"metadata\":{},\"payload\":{}}}",
+                    self.metadata, self.payload
+                );
                 FollowedRow::Undecodable(UndecodableRow {
                     event_id,
                     stream_id,
                     stream_version,
                     cursor,
-                    event_type,
+                    event_type: self.event_type,
                     raw,
                     reason,
                 })
@@ -135,7 +135,9 @@ impl EventRow {
         })
     }
 
-    fn into_recorded(self) -> Result<RecordedEvent, StoreError> {
+    /// The row as an event; the texts are only borrowed (the envelope and its body are built
+    /// from them).
+    fn to_recorded(&self) -> Result<RecordedEvent, StoreError> {
         let position = to_u64(self.position)?;
         let version = u16::try_from(self.schema_version).map_err(|_| {
             internal(format!(
@@ -183,7 +185,7 @@ fn clamp(value: u64) -> i64 {
 }
 
 fn decode_rows(rows: Vec<EventRow>) -> Result<Vec<RecordedEvent>, StoreError> {
-    rows.into_iter().map(EventRow::into_recorded).collect()
+    rows.iter().map(EventRow::to_recorded).collect()
 }
 
 pub(crate) async fn read_stream(

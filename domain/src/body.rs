@@ -59,6 +59,7 @@ impl StoredEnvelope<'_> {
                 occurred_at: self.occurred_at,
                 version: self.version,
                 event_type: self.event_type,
+                metadata_len: self.metadata.len(),
                 payload: self.payload,
             }
             .write(&envelope);
@@ -78,12 +79,18 @@ struct Body<'a> {
     occurred_at: DateTime<Utc>,
     version: u16,
     event_type: &'a str,
+    metadata_len: usize,
     payload: &'a str,
 }
 
 impl Body<'_> {
     fn write(&self, envelope: &EventEnvelope) -> Vec<u8> {
-        let mut out = Vec::with_capacity(224 + self.payload.len());
+        // Enough for the stored metadata's length (its encoding, as stored by the appender) and
+        // the rest, so the body neither grows while written nor keeps spare capacity: the fixed
+        // keys and punctuation, two ids, a timestamp and a version take at most 208 bytes.
+        let mut out = Vec::with_capacity(
+            208 + self.metadata_len + self.event_type.len() + self.payload.len(),
+        );
         out.extend_from_slice(b"{\"id\":");
         put(&mut out, &self.id);
         out.extend_from_slice(b",\"aggregate_id\":");
