@@ -373,16 +373,11 @@ pub fn every_kind_of_event(stream: StreamId) -> Vec<EventEnvelope> {
         .collect()
 }
 
-/// What a follower hands the broker ([`RecordedEvent::encoded`]) is, byte for byte, the
-/// envelope's encoding of the event as appended, on every read path: consumers receive exactly
-/// what they always have, whether or not the store keeps the bytes.
-pub async fn stored_bytes_are_the_envelope_encoding<S: EventStore + ?Sized>(store: &S) {
-    let stream = StreamId::new();
-    let events = every_kind_of_event(stream);
-    store
-        .append(stream, ExpectedVersion::NoStream, events.clone())
-        .await
-        .expect("append");
+/// Appends one standalone event (no aggregate: its stream is its own id) and returns it.
+///
+/// # Panics
+/// When the append fails.
+pub async fn append_standalone<S: crate::EventAppender + ?Sized>(store: &S) -> EventEnvelope {
     let mut standalone = sample_event(StreamId::new());
     standalone.aggregate_id = None;
     store
@@ -393,6 +388,20 @@ pub async fn stored_bytes_are_the_envelope_encoding<S: EventStore + ?Sized>(stor
         )
         .await
         .expect("append standalone");
+    standalone
+}
+
+/// What a follower hands the broker ([`RecordedEvent::encoded`]) is, byte for byte, the
+/// envelope's encoding of the event as appended, on every read path: consumers receive exactly
+/// what they always have, whether or not the store keeps the bytes.
+pub async fn stored_bytes_are_the_envelope_encoding<S: EventStore + ?Sized>(store: &S) {
+    let stream = StreamId::new();
+    let events = every_kind_of_event(stream);
+    store
+        .append(stream, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("append");
+    let standalone = append_standalone(store).await;
     let expected: HashMap<EventId, Vec<u8>> = events
         .iter()
         .chain([&standalone])

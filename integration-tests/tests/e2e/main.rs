@@ -277,17 +277,7 @@ async fn the_broker_holds_each_envelope_byte_for_byte() {
     .await
     .expect("append in transaction");
     tx.commit().await.expect("commit");
-    let mut standalone = badge(StreamId::new());
-    standalone.aggregate_id = None;
-    backbone
-        .store
-        .append(
-            standalone.stream_id(),
-            ExpectedVersion::NoStream,
-            vec![standalone.clone()],
-        )
-        .await
-        .expect("append standalone");
+    let standalone = edupulse_ports::conformance::append_standalone(&*backbone.store).await;
     let expected: HashMap<String, Vec<u8>> = events
         .iter()
         .chain(&in_transaction)
