@@ -33,9 +33,16 @@ pub const CLUSTER_SIZE: usize = 3;
 pub const CLUSTER_NAME: &str = "edupulse";
 /// Route port inside the containers.
 pub const ROUTE_PORT: u16 = 6222;
-/// How long [`start_nats_cluster`] waits for the JetStream meta leader and R3 placement. Three
-/// nodes electing on a loaded 2-core machine took over 60 s once; a readiness wait, not a figure.
+/// How long [`start_nats_cluster`] waits for each node's JetStream. Three nodes electing on a
+/// loaded 2-core machine took over 60 s once; a readiness wait, not a figure.
 pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long one attempt of [`start_nats_cluster`] waits for an R3 stream to be placeable before
+/// the cluster is started afresh. Three nodes started together have been seen, under load, to
+/// answer JetStream requests while the meta leader refused R3 placement ("no suitable peers")
+/// for the whole of 150 s; a new cluster formed in seconds.
+pub const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(45);
+/// How many clusters [`start_nats_cluster`] starts at most before it gives up.
+const CLUSTER_ATTEMPTS: u32 = 3;
 
 struct Node {
     name: String,
@@ -60,14 +67,42 @@ impl std::fmt::Debug for NatsCluster {
 }
 
 /// Starts a 3-node JetStream cluster (R3 streams possible) and waits until
-/// its JetStream meta leader is elected. Takes ~1–2 s.
+/// an R3 stream can be placed. Takes ~1–2 s. A cluster whose meta leader
+/// does not accept R3 placement within [`PLACEMENT_TIMEOUT`] is removed and
+/// started afresh, up to three times.
 ///
 /// # Panics
 ///
-/// When the network or a node cannot be started, or no meta leader is
-/// elected within [`CLUSTER_READY_TIMEOUT`].
+/// When the network or a node cannot be started, a node's JetStream does not
+/// answer within [`CLUSTER_READY_TIMEOUT`], or no attempt could place an R3
+/// stream.
 pub async fn start_nats_cluster() -> NatsCluster {
     let started = std::time::Instant::now();
+    let mut attempt = 1;
+    loop {
+        let cluster = launch_cluster().await;
+        match cluster.wait_for_r3_placement().await {
+            Ok(()) => {
+                eprintln!(
+                    "edupulse-test: nats cluster {} ready in {:.2?}",
+                    cluster.network,
+                    started.elapsed()
+                );
+                return cluster;
+            }
+            Err(error) if attempt < CLUSTER_ATTEMPTS => {
+                eprintln!("edupulse-test: {error}; starting the cluster afresh");
+                cluster.print_log_tails().await;
+                drop(cluster);
+                attempt += 1;
+            }
+            Err(error) => panic!("{error} ({CLUSTER_ATTEMPTS} clusters tried)"),
+        }
+    }
+}
+
+/// Starts the three nodes on a new network and waits until each answers JetStream requests.
+async fn launch_cluster() -> NatsCluster {
     let cluster_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let base = format!("edupulse-{}-{cluster_id}", cleanup::session_id());
     let network = format!("{base}-net");
@@ -137,12 +172,6 @@ pub async fn start_nats_cluster() -> NatsCluster {
         )
         .await;
     }
-    cluster.wait_for_r3_placement().await;
-    eprintln!(
-        "edupulse-test: nats cluster {} ready in {:.2?}",
-        cluster.network,
-        started.elapsed()
-    );
     cluster
 }
 
@@ -286,7 +315,7 @@ impl NatsCluster {
 
     /// Waits until an R3 stream can be placed (all peers known to the
     /// JetStream meta leader): creates and deletes a probe stream, retrying.
-    async fn wait_for_r3_placement(&self) {
+    async fn wait_for_r3_placement(&self) -> Result<(), String> {
         let urls = self.urls();
         let probe = format!("edupulse_probe_{}", cleanup::session_id());
         let probe_once = || async {
@@ -311,12 +340,25 @@ impl NatsCluster {
             js.delete_stream(&probe).await.map_err(|e| e.to_string())?;
             Ok::<(), String>(())
         };
-        docker::poll_until(
-            "nats cluster R3 placement",
-            CLUSTER_READY_TIMEOUT,
+        docker::try_poll_until(
+            &format!("nats cluster {} R3 placement", self.network),
+            PLACEMENT_TIMEOUT,
             probe_once,
         )
-        .await;
+        .await
+    }
+
+    /// Prints the last lines each node wrote, for a cluster that did not become ready.
+    async fn print_log_tails(&self) {
+        for node in &self.nodes {
+            let log = tokio::process::Command::new("docker")
+                .args(["logs", "--tail", "15", &node.name])
+                .output()
+                .await
+                .map(|out| String::from_utf8_lossy(&out.stderr).into_owned())
+                .unwrap_or_else(|e| format!("(docker logs failed: {e})"));
+            eprintln!("edupulse-test: last lines of {}:\n{log}", node.name);
+        }
     }
 
     /// The testcontainers handle of node `i`.

@@ -173,7 +173,27 @@ pub async fn host_port(container: &ContainerAsync<GenericImage>, container_port:
 /// # Panics
 ///
 /// On timeout, with the last error of the probe.
-pub async fn poll_until<F, Fut, E>(what: &str, timeout: Duration, mut probe: F)
+pub async fn poll_until<F, Fut, E>(what: &str, timeout: Duration, probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(error) = try_poll_until(what, timeout, probe).await {
+        panic!("{error}");
+    }
+}
+
+/// [`poll_until`] for a caller that can do something else on timeout.
+///
+/// # Errors
+///
+/// On timeout: what was not ready, and the last error of the probe.
+pub async fn try_poll_until<F, Fut, E>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
@@ -183,12 +203,12 @@ where
     loop {
         let attempt = tokio::time::timeout(Duration::from_secs(5), probe()).await;
         let error = match attempt {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "probe timed out".to_owned(),
         };
         if started.elapsed() > timeout {
-            panic!("{what} not ready after {timeout:?}: {error}");
+            return Err(format!("{what} not ready after {timeout:?}: {error}"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
