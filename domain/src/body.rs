@@ -9,12 +9,10 @@
 //! metadata is small and decoded anyway (its values become message headers), so it is written
 //! from its typed form, in its one canonical order.
 
-use crate::envelope::{PayloadRef, assemble};
+use crate::envelope::{PayloadRef, PayloadSource};
 use crate::events::INFALLIBLE_JSON;
-use crate::{DecodeError, DomainEvent, EventEnvelope, StoredEnvelope};
-use chrono::{DateTime, Utc};
+use crate::{DecodeError, EventEnvelope, StoredEnvelope};
 use serde::Serialize;
-use uuid::Uuid;
 
 impl EventEnvelope {
     /// The payload as [`EventEnvelope::encode`] writes it inside the envelope: compact JSON, fields
@@ -42,54 +40,23 @@ impl StoredEnvelope<'_> {
     /// # Errors
     /// As [`StoredEnvelope::into_envelope`].
     pub fn into_envelope_and_body(self) -> Result<(EventEnvelope, Vec<u8>), DecodeError> {
-        if DomainEvent::current_version_of(self.event_type) == Some(self.version)
-            && let Some(Ok(event)) = DomainEvent::decode_current_str(self.event_type, self.payload)
-        {
-            let metadata = serde_json::from_str(self.metadata).map_err(DecodeError::Malformed)?;
-            let envelope = assemble(
-                self.id,
-                self.aggregate_id,
-                self.occurred_at,
-                metadata,
-                event,
-            );
-            let body = Body {
-                id: self.id,
-                aggregate_id: self.aggregate_id,
-                occurred_at: self.occurred_at,
-                version: self.version,
-                event_type: self.event_type,
-                metadata_len: self.metadata.len(),
-                payload: self.payload,
-            }
-            .write(&envelope);
-            return Ok((envelope, body));
-        }
-        let envelope = self.into_envelope()?;
-        let body = envelope.encode();
+        let (envelope, source) = self.decode()?;
+        let body = match source {
+            PayloadSource::StoredText => self.body_around_payload(&envelope),
+            PayloadSource::Converted => envelope.encode(),
+        };
         Ok((envelope, body))
     }
-}
 
-/// The envelope's fields around a payload kept as text, in the order and spelling of the
-/// envelope's `Wire` form (a property test holds the two together).
-struct Body<'a> {
-    id: Uuid,
-    aggregate_id: Option<Uuid>,
-    occurred_at: DateTime<Utc>,
-    version: u16,
-    event_type: &'a str,
-    metadata_len: usize,
-    payload: &'a str,
-}
-
-impl Body<'_> {
-    fn write(&self, envelope: &EventEnvelope) -> Vec<u8> {
+    /// The envelope's fields around the stored payload text, in the order and spelling of the
+    /// envelope's `Wire` form (a property test holds the two together); `envelope` is this
+    /// row decoded, for its metadata.
+    fn body_around_payload(&self, envelope: &EventEnvelope) -> Vec<u8> {
         // Enough for the stored metadata's length (its encoding, as stored by the appender) and
         // the rest, so the body neither grows while written nor keeps spare capacity: the fixed
         // keys and punctuation, two ids, a timestamp and a version take at most 208 bytes.
         let mut out = Vec::with_capacity(
-            208 + self.metadata_len + self.event_type.len() + self.payload.len(),
+            208 + self.metadata.len() + self.event_type.len() + self.payload.len(),
         );
         out.extend_from_slice(b"{\"id\":");
         put(&mut out, &self.id);

@@ -371,18 +371,25 @@ impl StoredEnvelope<'_> {
     /// [`DecodeError::Malformed`] when the metadata or the payload is not JSON; otherwise as
     /// [`RawEnvelope::into_envelope`].
     pub fn into_envelope(self) -> Result<EventEnvelope, DecodeError> {
+        self.decode().map(|(envelope, _)| envelope)
+    }
+
+    /// The envelope, and whether its payload is the stored text's own (a known type at its
+    /// current version, decoded straight from it) or came through the general path.
+    pub(crate) fn decode(self) -> Result<(EventEnvelope, PayloadSource), DecodeError> {
         let metadata: Value =
             serde_json::from_str(self.metadata).map_err(DecodeError::Malformed)?;
         if DomainEvent::current_version_of(self.event_type) == Some(self.version)
             && let Some(Ok(event)) = DomainEvent::decode_current_str(self.event_type, self.payload)
         {
-            return Ok(assemble(
+            let envelope = assemble(
                 self.id,
                 self.aggregate_id,
                 self.occurred_at,
                 metadata,
                 event,
-            ));
+            );
+            return Ok((envelope, PayloadSource::StoredText));
         }
         // Older versions (upcasting works on the tree), unknown types, and payloads that fail:
         // the general path, so that errors are exactly those of `RawEnvelope`.
@@ -398,11 +405,23 @@ impl StoredEnvelope<'_> {
             },
         }
         .into_envelope()
+        .map(|envelope| (envelope, PayloadSource::Converted))
     }
 }
 
+/// Where a decoded envelope's payload stands against the stored text
+/// ([`StoredEnvelope::decode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PayloadSource {
+    /// Decoded straight from the stored text: a known type at its current version, so the text
+    /// is this payload's JSON.
+    StoredText,
+    /// Upcast from an older version, or an unknown type kept as a tree.
+    Converted,
+}
+
 /// The envelope of a decoded event, from its wire parts (shared by the raw and stored paths).
-pub(crate) fn assemble(
+fn assemble(
     id: Uuid,
     aggregate_id: Option<Uuid>,
     occurred_at: DateTime<Utc>,
