@@ -27,6 +27,7 @@ pub mod entry;
 pub mod http;
 pub mod input;
 pub mod latency;
+pub mod projection;
 pub mod relay;
 pub mod telemetry;
 pub mod wiring;

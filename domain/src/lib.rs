@@ -33,6 +33,7 @@
 //! - **Untrusted input.** [`EventEnvelope::decode`] bounds the input size and the JSON nesting
 //!   depth before parsing, and never panics (property-tested).
 
+pub mod achievements;
 mod body;
 mod envelope;
 mod error;

@@ -14,6 +14,9 @@
 //!   acknowledgement (stored or duplicate) or a classified [`PublishError`].
 //! - [`CheckpointStore`]: named checkpoints and a record of dead-lettered events.
 //! - [`LeaseProvider`]: at most one active holder per name (one active relay per checkpoint).
+//! - [`projection`]: [`projection::ProjectionFeed`] (the published events in buckets by
+//!   stream), [`projection::ProjectionStore`] (progress, parked events and state, one transaction
+//!   per unit) and [`projection::Projection`] (a handler applied exactly once per event).
 //! - [`EventConsumer`] and [`EventHandler`]: downstream projections, with explicit ack, retry with
 //!   backoff and dead-lettering, driven by [`consumer::run_handler`].
 //!
@@ -59,6 +62,7 @@ mod checkpoint;
 pub mod consumer;
 mod error;
 mod lease;
+pub mod projection;
 mod publisher;
 mod read_ahead;
 mod store;

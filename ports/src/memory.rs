@@ -21,6 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+mod projection;
+pub use projection::{InMemoryFeed, InMemoryProjectionStore, InMemoryUnit, bucket_of};
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another test thread must not cascade into every later call.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -101,6 +104,11 @@ impl InMemoryEventStore {
     /// Every stored event, in commit order.
     pub fn all_events(&self) -> Vec<RecordedEvent> {
         lock(&self.state).events.clone()
+    }
+
+    /// [`StoreError::Unavailable`] while the store is set unavailable.
+    pub(crate) fn check_available(&self) -> Result<(), StoreError> {
+        self.state().map(drop)
     }
 
     fn state(&self) -> Result<MutexGuard<'_, StoreState>, StoreError> {
