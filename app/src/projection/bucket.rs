@@ -121,12 +121,13 @@ where
             .open(&reader_name, self.bucket, position)
             .await?;
         let mut retries_looked_at = Instant::now();
-        self.apply_retries(position).await?;
+        self.apply_retries(stop, position, reader.pending()).await?;
         loop {
             let batch = self.next_batch(stop, reader.as_mut()).await?;
             if retries_looked_at.elapsed() >= self.runner.config.heartbeat {
                 retries_looked_at = Instant::now();
-                if let Applied::Moved = self.apply_retries(position).await? {
+                if let Applied::Moved = self.apply_retries(stop, position, reader.pending()).await?
+                {
                     return Ok(());
                 }
             }
@@ -135,7 +136,7 @@ where
             };
             let next = last.sequence;
             match self
-                .apply(Source::Feed(&batch), position, next, reader.pending())
+                .apply(stop, Source::Feed(&batch), position, next, reader.pending())
                 .await?
             {
                 Applied::Committed => position = next,
@@ -166,8 +167,14 @@ where
         Ok(position)
     }
 
-    async fn apply_retries(&self, position: u64) -> Result<Applied, Interrupted> {
-        self.apply(Source::Retries, position, position, 0).await
+    async fn apply_retries(
+        &self,
+        stop: &CancellationToken,
+        position: u64,
+        pending: u64,
+    ) -> Result<Applied, Interrupted> {
+        self.apply(stop, Source::Retries, position, position, pending)
+            .await
     }
 
     /// Applies `source`'s events in one unit and commits it with the bucket at `next`. When the
@@ -175,6 +182,7 @@ where
     /// policy allows, then with the failing event parked (its aggregate waits, the others go on).
     async fn apply(
         &self,
+        stop: &CancellationToken,
         source: Source<'_>,
         expected: u64,
         next: u64,
@@ -226,7 +234,7 @@ where
             let attempt = attempts.entry(key).or_insert(0);
             *attempt += 1;
             match runner.config.retry.settle(*attempt, Err(error)) {
-                Settlement::Retry { delay } => self.pause_for_lease(delay).await?,
+                Settlement::Retry { delay } => self.pause(stop, delay).await?,
                 Settlement::DeadLetter { reason } => {
                     tracing::warn!(projection = %runner.projection, stream = %key.0, version = key.1, %reason, "event parked");
                     verdicts.insert(key, reason);
@@ -303,13 +311,6 @@ where
     async fn pause(&self, stop: &CancellationToken, delay: Duration) -> Result<(), Interrupted> {
         tokio::select! {
             () = stop.cancelled() => Err(Interrupted::Stopped),
-            () = self.lease.lost() => Err(Interrupted::Stopped),
-            () = tokio::time::sleep(delay) => Ok(()),
-        }
-    }
-
-    async fn pause_for_lease(&self, delay: Duration) -> Result<(), Interrupted> {
-        tokio::select! {
             () = self.lease.lost() => Err(Interrupted::Stopped),
             () = tokio::time::sleep(delay) => Ok(()),
         }

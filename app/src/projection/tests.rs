@@ -199,12 +199,10 @@ async fn workers_share_the_buckets_and_apply_each_event_once_in_order() {
         })
         .collect();
     let total = 24 * 10;
-    for _ in 0..1000 {
-        if progress(&world, &projection).await.applied == total {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("every event is applied", async || {
+        progress(&world, &projection).await.applied == total
+    })
+    .await;
     for s in &streams {
         assert_eq!(
             applied_versions(&world, &projection, *s).await,
