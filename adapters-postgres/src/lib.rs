@@ -267,6 +267,7 @@ mod error;
 mod group;
 mod hints;
 mod lease;
+mod projection;
 mod read;
 mod status;
 
@@ -276,6 +277,7 @@ pub use config::{
 };
 pub use error::{APPEND_ONLY_SQLSTATE, COMMIT_KEY_SQLSTATE, VERSION_GAP_SQLSTATE};
 pub use hints::HINT_CHANNEL;
+pub use projection::{PgProjectionStore, PgProjectionUnit};
 pub use status::OpenTransaction;
 
 use async_trait::async_trait;

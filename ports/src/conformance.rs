@@ -1,5 +1,6 @@
 //! The behaviour every [`EventStore`], [`CheckpointStore`], [`EventPublisher`],
-//! [`EventConsumer`], [`LeaseProvider`] and [`CommitHints`] must have, as runnable checks.
+//! [`EventConsumer`], [`LeaseProvider`], [`CommitHints`] and
+//! [`ProjectionStore`](crate::projection::ProjectionStore) must have, as runnable checks.
 //!
 //! An adapter's test suite instantiates the kit with a factory for a fresh, empty store; each
 //! check becomes its own test, so failures are named and the checks run in parallel:
@@ -28,6 +29,9 @@ use edupulse_domain::{
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+
+mod projection;
+pub use projection::*;
 
 /// A valid event for `stream`, distinct from every other one made here.
 pub fn sample_event(stream: StreamId) -> EventEnvelope {

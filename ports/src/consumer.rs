@@ -4,7 +4,7 @@
 //! [`EventHandler`]; [`run_handler`] drives one with the other under a [`RetryPolicy`]. Delivery
 //! is at least once: a handler must be idempotent (the event id is the natural key).
 
-use crate::BoxError;
+use crate::{BoxError, StoreError};
 use async_trait::async_trait;
 use edupulse_domain::EventEnvelope;
 use std::future::Future;
@@ -124,6 +124,29 @@ pub enum HandlerError {
     /// Will never work (the event breaks an assumption of the projection): dead-lettered now.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// The store the handler writes through failed under it (a lost connection, a deadlock, a
+    /// timeout, a missing privilege): nothing is wrong with the event.
+    ///
+    /// # Handling
+    /// A projection's unit is rolled back and run again from the committed position, with
+    /// backoff, for as long as it takes; the event is never parked for it. A consumer treats
+    /// it as [`HandlerError::Transient`]. `?` on a [`StoreError`] gives this variant for
+    /// failures of the store, and [`HandlerError::Permanent`] for refusals of the event
+    /// (conflict, duplicate id, invalid input).
+    #[error("store: {0}")]
+    Store(#[source] StoreError),
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict { .. }
+            | StoreError::DuplicateEventId { .. }
+            | StoreError::EventTooLarge { .. }
+            | StoreError::InvalidInput { .. } => HandlerError::Permanent(error.to_string()),
+            other => HandlerError::Store(other),
+        }
+    }
 }
 
 /// Processes delivered events.
@@ -163,12 +186,15 @@ impl RetryPolicy {
         match outcome {
             Ok(()) => Settlement::Ack,
             Err(HandlerError::Permanent(reason)) => Settlement::DeadLetter { reason },
-            Err(HandlerError::Transient(reason)) if attempt >= self.max_deliveries => {
+            Err(error @ (HandlerError::Transient(_) | HandlerError::Store(_)))
+                if attempt >= self.max_deliveries =>
+            {
+                let reason = error.to_string();
                 Settlement::DeadLetter {
                     reason: format!("gave up after {attempt} deliveries: {reason}"),
                 }
             }
-            Err(HandlerError::Transient(_)) => {
+            Err(HandlerError::Transient(_) | HandlerError::Store(_)) => {
                 let shift = u32::try_from(attempt.saturating_sub(1))
                     .unwrap_or(u32::MAX)
                     .min(20);

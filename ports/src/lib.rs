@@ -49,6 +49,8 @@
 //! edupulse_ports::checkpoint_conformance!(my_store::fresh().await);
 //! edupulse_ports::lease_conformance!(my_store::fresh().await);
 //! edupulse_ports::hints_conformance!(my_store::fresh().await);
+//! // a projection store and the event store its units emit into
+//! edupulse_ports::projection_store_conformance!(my_store::fresh_projections().await);
 //! edupulse_ports::consumer_conformance!(my_broker::publisher_and_consumer().await);
 //! // two publishers (two processes) over one fresh, empty broker stream
 //! edupulse_ports::publisher_conformance!(my_broker::two_fresh_publishers().await);

@@ -786,6 +786,10 @@ mod tests {
     crate::checkpoint_conformance!(InMemoryEventStore::new());
     crate::lease_conformance!(InMemoryEventStore::new());
     crate::hints_conformance!(InMemoryEventStore::new());
+    crate::projection_store_conformance!({
+        let events = Arc::new(InMemoryEventStore::new());
+        (InMemoryProjectionStore::new(events.clone()), events)
+    });
     crate::consumer_conformance!({
         let broker = InMemoryBroker::new();
         let consumer = broker.consumer_with_ack_wait(Duration::from_secs(1));

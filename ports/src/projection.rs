@@ -325,6 +325,19 @@ pub trait ProjectionUnit: Send {
     /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
     async fn aggregate(&mut self, stream: StreamId) -> Result<AggregateProgress, StoreError>;
 
+    /// Locks and reads the progress of all of `streams` at once (the runner calls it with a
+    /// batch's streams before applying it), so that [`ProjectionUnit::aggregate`] then answers
+    /// without a round trip. The default asks for each in turn.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
+    async fn lock_aggregates(&mut self, streams: &[StreamId]) -> Result<(), StoreError> {
+        for stream in streams {
+            self.aggregate(*stream).await?;
+        }
+        Ok(())
+    }
+
     /// Records that `version` of `stream` was applied (or skipped).
     ///
     /// # Errors
@@ -408,12 +421,9 @@ pub trait Projection<U: ProjectionUnit>: Send + Sync {
     /// # Errors
     /// [`HandlerError::Transient`]: retried with backoff, then parked;
     /// [`HandlerError::Permanent`]: parked now. Either way the aggregate waits, others go on.
+    /// [`HandlerError::Store`] (what `?` on the unit's calls gives when the store fails): the
+    /// unit is run again, however often, and nothing is parked for it.
     async fn apply(&self, unit: &mut U, event: Applying<'_>) -> Result<(), HandlerError>;
-}
-
-/// Turns a store error met inside a handler into the handler error that retries it.
-pub fn transient(error: StoreError) -> HandlerError {
-    HandlerError::Transient(error.to_string())
 }
 
 #[cfg(test)]

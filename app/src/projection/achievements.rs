@@ -5,7 +5,7 @@ use edupulse_domain::achievements::QuizAceRule;
 use edupulse_domain::{DomainEvent, ExpectedVersion, Uuid};
 use edupulse_ports::HandlerError;
 use edupulse_ports::StoreError;
-use edupulse_ports::projection::{Applying, Projection, ProjectionUnit, transient};
+use edupulse_ports::projection::{Applying, Projection, ProjectionUnit};
 use serde::{Deserialize, Serialize};
 
 /// What the projection keeps per learner (document `learner/<id>`).
@@ -52,7 +52,7 @@ impl<U: ProjectionUnit> Projection<U> for Achievements {
         }
         let learner = quiz.student_id();
         let key = Self::key(learner);
-        let mut progress: LearnerProgress = match unit.load(&key).await.map_err(transient)? {
+        let mut progress: LearnerProgress = match unit.load(&key).await? {
             Some(document) => serde_json::from_value(document)
                 .map_err(|e| HandlerError::Permanent(format!("{key}: {e}")))?,
             None => LearnerProgress::default(),
@@ -64,7 +64,7 @@ impl<U: ProjectionUnit> Projection<U> for Achievements {
         }
         let document = serde_json::to_value(progress)
             .map_err(|e| HandlerError::Permanent(format!("{key}: {e}")))?;
-        unit.save(&key, document).await.map_err(transient)
+        Ok(unit.save(&key, document).await?)
     }
 }
 
@@ -82,7 +82,7 @@ async fn award<U: ProjectionUnit>(
         // Already awarded: by an earlier generation, or an earlier trigger of this one.
         Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
         Err(error @ (StoreError::Unavailable(_) | StoreError::Internal(_))) => {
-            Err(transient(error))
+            Err(HandlerError::Store(error))
         }
         Err(error) => Err(HandlerError::Permanent(error.to_string())),
     }

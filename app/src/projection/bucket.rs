@@ -209,6 +209,7 @@ where
                     Cow::Owned(parked.into_iter().map(retried).collect())
                 }
             };
+            unit.lock_aggregates(&streams_of(&events)).await?;
             let mut tally = Tally::default();
             let mut failure = None;
             for event in events.iter() {
@@ -288,6 +289,8 @@ where
                 unit.record_applied(event.stream, event.version).await?;
                 Ok(Step::Applied)
             }
+            // The unit failed, not the event: the bucket is read again, nothing is parked.
+            Err(HandlerError::Store(error)) => Err(error),
             Err(error) => Ok(Step::Failed(error)),
         }
     }
@@ -315,6 +318,16 @@ where
             () = tokio::time::sleep(delay) => Ok(()),
         }
     }
+}
+
+/// The distinct streams of `events`, in first-seen order.
+fn streams_of(events: &[BucketEvent]) -> Vec<StreamId> {
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .map(|e| e.stream)
+        .filter(|stream| seen.insert(*stream))
+        .collect()
 }
 
 /// A parked event read back for a retry.

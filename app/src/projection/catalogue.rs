@@ -2,7 +2,7 @@
 
 use edupulse_domain::{DomainEvent, Uuid};
 use edupulse_ports::HandlerError;
-use edupulse_ports::projection::{Applying, Projection, ProjectionUnit, transient};
+use edupulse_ports::projection::{Applying, Projection, ProjectionUnit};
 use serde::{Deserialize, Serialize};
 
 /// One published lesson (document `lesson/<id>`).
@@ -41,8 +41,6 @@ impl<U: ProjectionUnit> Projection<U> for LessonCatalogue {
         };
         let document =
             serde_json::to_value(&entry).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        unit.save(&Self::key(lesson.lesson_id), document)
-            .await
-            .map_err(transient)
+        Ok(unit.save(&Self::key(lesson.lesson_id), document).await?)
     }
 }

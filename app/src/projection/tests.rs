@@ -9,7 +9,7 @@ use edupulse_domain::{
 use edupulse_ports::memory::{
     InMemoryBroker, InMemoryEventStore, InMemoryFeed, InMemoryProjectionStore, InMemoryUnit,
 };
-use edupulse_ports::projection::{Applying, ProjectionUnit, Skipped, transient};
+use edupulse_ports::projection::{Applying, ProjectionUnit, Skipped};
 use edupulse_ports::{EventAppender, EventPublisher, EventReader, HandlerError};
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -120,14 +120,11 @@ impl Projection<InMemoryUnit> for Recording {
         let key = format!("applied/{}", event.stream);
         let mut versions: Vec<u64> = unit
             .load(&key)
-            .await
-            .map_err(transient)?
+            .await?
             .map(|v| serde_json::from_value(v).expect("versions"))
             .unwrap_or_default();
         versions.push(event.version);
-        unit.save(&key, serde_json::json!(versions))
-            .await
-            .map_err(transient)
+        Ok(unit.save(&key, serde_json::json!(versions)).await?)
     }
 }
 

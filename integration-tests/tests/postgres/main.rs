@@ -1,7 +1,7 @@
 //! The PostgreSQL adapter against a real PostgreSQL 15 (Docker, local image): the ports
 //! conformance kit (with and without group commit), the commit-safe order under random
 //! interleavings, append-only enforcement, appends in the caller's transaction, idempotency,
-//! group commit isolation, leases, hints and secrets.
+//! group commit isolation, leases, hints, the projection store and secrets.
 //!
 //! Most tests have a database of their own in the container shared by this binary, and run in
 //! parallel. The conformance kit and the interleavings test get a container of their own:
@@ -27,6 +27,10 @@ edupulse_ports::lease_conformance!(
 edupulse_ports::hints_conformance!(
     support::store_on(&edupulse_integration_tests::fresh_database().await).await
 );
+edupulse_ports::projection_store_conformance!({
+    let store = support::store_on(&edupulse_integration_tests::fresh_database().await).await;
+    (store.projections(), std::sync::Arc::new(store))
+});
 
 /// The same kit with group commit off: every append is its own statement.
 mod direct {

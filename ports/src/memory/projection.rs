@@ -37,14 +37,17 @@ struct State {
 
 #[derive(Default)]
 struct Shared {
-    projections: HashMap<ProjectionId, Arc<AsyncMutex<State>>>,
+    projections: HashMap<ProjectionId, State>,
+    buckets: HashMap<(ProjectionId, Bucket), Arc<AsyncMutex<()>>>,
     workers: HashMap<ProjectionId, HashMap<String, Instant>>,
     active: HashMap<String, u32>,
 }
 
-/// A [`ProjectionStore`] in memory. Units of one projection run one at a time; a unit's writes
-/// become visible at commit, except [`ProjectionUnit::emit`], which appends to the event store
-/// at once (its idempotency by event id makes a retried unit's emit a replay).
+/// A [`ProjectionStore`] in memory. Units of one bucket run one at a time (a lock per bucket,
+/// which operators' retries and skips take too); a unit keeps copies of what it touches and
+/// writes them back at commit. [`ProjectionUnit::emit`] appends to the event store at once,
+/// unlike a transactional store's: its idempotency by event id makes a retried unit's emit a
+/// replay.
 #[derive(Clone)]
 pub struct InMemoryProjectionStore {
     events: Arc<InMemoryEventStore>,
@@ -60,12 +63,38 @@ impl InMemoryProjectionStore {
         }
     }
 
-    fn state(&self, projection: &ProjectionId) -> Arc<AsyncMutex<State>> {
-        lock(&self.shared)
+    fn read<T>(&self, projection: &ProjectionId, f: impl FnOnce(&State) -> T) -> T {
+        let shared = lock(&self.shared);
+        match shared.projections.get(projection) {
+            Some(state) => f(state),
+            None => f(&State::default()),
+        }
+    }
+
+    fn write<T>(&self, projection: &ProjectionId, f: impl FnOnce(&mut State) -> T) -> T {
+        f(lock(&self.shared)
             .projections
             .entry(projection.clone())
+            .or_default())
+    }
+
+    async fn lock_bucket(&self, projection: &ProjectionId, bucket: Bucket) -> OwnedMutexGuard<()> {
+        let mutex = lock(&self.shared)
+            .buckets
+            .entry((projection.clone(), bucket))
             .or_default()
-            .clone()
+            .clone();
+        mutex.lock_owned().await
+    }
+
+    /// The bucket of the first parked event of `stream`, if it is parked.
+    fn parked_bucket(&self, projection: &ProjectionId, stream: StreamId) -> Option<Bucket> {
+        self.read(projection, |state| {
+            state
+                .aggregates
+                .get(&stream)
+                .and_then(|a| a.parked.first().map(|p| p.bucket))
+        })
     }
 
     /// The document `key` of `projection`, as committed.
@@ -74,12 +103,7 @@ impl InMemoryProjectionStore {
         projection: &ProjectionId,
         key: &str,
     ) -> Option<serde_json::Value> {
-        self.state(projection)
-            .lock()
-            .await
-            .documents
-            .get(key)
-            .cloned()
+        self.read(projection, |state| state.documents.get(key).cloned())
     }
 
     /// Every committed document of `projection`, by key.
@@ -87,16 +111,30 @@ impl InMemoryProjectionStore {
         &self,
         projection: &ProjectionId,
     ) -> BTreeMap<String, serde_json::Value> {
-        self.state(projection).lock().await.documents.clone()
+        self.read(projection, |state| state.documents.clone())
     }
 }
 
-/// A unit of [`InMemoryProjectionStore`]: a working copy of the projection's state.
+/// A unit of [`InMemoryProjectionStore`]: its bucket's lock, and copies of what it touched.
 pub struct InMemoryUnit {
-    guard: OwnedMutexGuard<State>,
-    working: State,
+    _bucket_lock: OwnedMutexGuard<()>,
+    store: InMemoryProjectionStore,
+    projection: ProjectionId,
     bucket: Bucket,
-    events: Arc<InMemoryEventStore>,
+    aggregates: HashMap<StreamId, Aggregate>,
+    documents: HashMap<String, Option<serde_json::Value>>,
+    saved: BTreeMap<String, serde_json::Value>,
+}
+
+impl InMemoryUnit {
+    fn working(&mut self, stream: StreamId) -> &mut Aggregate {
+        let (store, projection) = (&self.store, &self.projection);
+        self.aggregates.entry(stream).or_insert_with(|| {
+            store.read(projection, |state| {
+                state.aggregates.get(&stream).cloned().unwrap_or_default()
+            })
+        })
+    }
 }
 
 #[async_trait]
@@ -109,14 +147,18 @@ impl ProjectionStore for InMemoryProjectionStore {
         bucket: Bucket,
     ) -> Result<(InMemoryUnit, u64), StoreError> {
         self.events.check_available()?;
-        let guard = self.state(projection).lock_owned().await;
-        let working = guard.clone();
-        let position = working.positions.get(&bucket).map_or(0, |p| p.0);
+        let guard = self.lock_bucket(projection, bucket).await;
+        let position = self.read(projection, |state| {
+            state.positions.get(&bucket).map_or(0, |p| p.0)
+        });
         let unit = InMemoryUnit {
-            guard,
-            working,
+            _bucket_lock: guard,
+            store: self.clone(),
+            projection: projection.clone(),
             bucket,
-            events: self.events.clone(),
+            aggregates: HashMap::new(),
+            documents: HashMap::new(),
+            saved: BTreeMap::new(),
         };
         Ok((unit, position))
     }
@@ -137,33 +179,37 @@ impl ProjectionStore for InMemoryProjectionStore {
     }
 
     async fn parked(&self, projection: &ProjectionId) -> Result<Vec<ParkedAggregate>, StoreError> {
-        let state = self.state(projection);
-        let state = state.lock().await;
-        let mut parked: Vec<ParkedAggregate> = state
-            .aggregates
-            .iter()
-            .filter(|(_, a)| !a.parked.is_empty())
-            .map(|(stream, a)| ParkedAggregate {
-                stream: *stream,
-                applied: a.applied,
-                events: a.parked.clone(),
-                retry_requested: a.retry,
-            })
-            .collect();
+        let mut parked: Vec<ParkedAggregate> = self.read(projection, |state| {
+            state
+                .aggregates
+                .iter()
+                .filter(|(_, a)| !a.parked.is_empty())
+                .map(|(stream, a)| ParkedAggregate {
+                    stream: *stream,
+                    applied: a.applied,
+                    events: a.parked.clone(),
+                    retry_requested: a.retry,
+                })
+                .collect()
+        });
         parked.sort_by_key(|a| *a.stream.as_uuid());
         Ok(parked)
     }
 
     async fn retry(&self, projection: &ProjectionId, stream: StreamId) -> Result<bool, StoreError> {
-        let state = self.state(projection);
-        let mut state = state.lock().await;
-        Ok(match state.aggregates.get_mut(&stream) {
-            Some(a) if !a.parked.is_empty() => {
-                a.retry = true;
-                true
+        let Some(bucket) = self.parked_bucket(projection, stream) else {
+            return Ok(false);
+        };
+        let _bucket = self.lock_bucket(projection, bucket).await;
+        Ok(self.write(projection, |state| {
+            match state.aggregates.get_mut(&stream) {
+                Some(a) if !a.parked.is_empty() => {
+                    a.retry = true;
+                    true
+                }
+                _ => false,
             }
-            _ => false,
-        })
+        }))
     }
 
     async fn skip(
@@ -171,27 +217,31 @@ impl ProjectionStore for InMemoryProjectionStore {
         projection: &ProjectionId,
         stream: StreamId,
     ) -> Result<Skipped, StoreError> {
-        let state = self.state(projection);
-        let mut state = state.lock().await;
-        let Some(aggregate) = state.aggregates.get_mut(&stream) else {
+        let Some(bucket) = self.parked_bucket(projection, stream) else {
             return Ok(Skipped::NothingParked);
         };
-        let Some(first) = aggregate.parked.first().cloned() else {
-            return Ok(Skipped::NothingParked);
-        };
-        aggregate.retry = true;
-        if first.version > aggregate.applied + 1 {
-            aggregate.applied = first.version - 1;
-            Ok(Skipped::Gap {
-                until: first.version - 1,
-            })
-        } else {
-            aggregate.parked.remove(0);
-            aggregate.applied = aggregate.applied.max(first.version);
-            Ok(Skipped::Event {
-                version: first.version,
-            })
-        }
+        let _bucket = self.lock_bucket(projection, bucket).await;
+        Ok(self.write(projection, |state| {
+            let Some(aggregate) = state.aggregates.get_mut(&stream) else {
+                return Skipped::NothingParked;
+            };
+            let Some(first) = aggregate.parked.first().cloned() else {
+                return Skipped::NothingParked;
+            };
+            aggregate.retry = true;
+            if first.version > aggregate.applied + 1 {
+                aggregate.applied = first.version - 1;
+                Skipped::Gap {
+                    until: first.version - 1,
+                }
+            } else {
+                aggregate.parked.remove(0);
+                aggregate.applied = aggregate.applied.max(first.version);
+                Skipped::Event {
+                    version: first.version,
+                }
+            }
+        }))
     }
 
     async fn progress(&self, projection: &ProjectionId) -> Result<ProjectionProgress, StoreError> {
@@ -202,16 +252,16 @@ impl ProjectionStore for InMemoryProjectionStore {
                 w.values().filter(|until| **until > now).count() as u64
             })
         };
-        let state = self.state(projection);
-        let state = state.lock().await;
-        let parked = state.aggregates.values().filter(|a| !a.parked.is_empty());
-        Ok(ProjectionProgress {
-            applied: state.aggregates.values().map(|a| a.applied).sum(),
-            parked_aggregates: parked.clone().count() as u64,
-            parked_events: parked.map(|a| a.parked.len() as u64).sum(),
-            pending: state.positions.values().map(|p| p.1).sum(),
-            workers,
-        })
+        Ok(self.read(projection, |state| {
+            let parked = state.aggregates.values().filter(|a| !a.parked.is_empty());
+            ProjectionProgress {
+                applied: state.aggregates.values().map(|a| a.applied).sum(),
+                parked_aggregates: parked.clone().count() as u64,
+                parked_events: parked.map(|a| a.parked.len() as u64).sum(),
+                pending: state.positions.values().map(|p| p.1).sum(),
+                workers,
+            }
+        }))
     }
 
     async fn active_generation(&self, name: &str) -> Result<Option<u32>, StoreError> {
@@ -229,15 +279,15 @@ impl ProjectionStore for InMemoryProjectionStore {
 #[async_trait]
 impl ProjectionUnit for InMemoryUnit {
     async fn aggregate(&mut self, stream: StreamId) -> Result<AggregateProgress, StoreError> {
-        let a = self.working.aggregates.get(&stream);
+        let a = self.working(stream);
         Ok(AggregateProgress {
-            applied: a.map_or(0, |a| a.applied),
-            parked: a.is_some_and(|a| !a.parked.is_empty()),
+            applied: a.applied,
+            parked: !a.parked.is_empty(),
         })
     }
 
     async fn record_applied(&mut self, stream: StreamId, version: u64) -> Result<(), StoreError> {
-        let a = self.working.aggregates.entry(stream).or_default();
+        let a = self.working(stream);
         a.applied = a.applied.max(version);
         Ok(())
     }
@@ -248,7 +298,7 @@ impl ProjectionUnit for InMemoryUnit {
         bucket: Bucket,
         reason: &ParkReason,
     ) -> Result<(), StoreError> {
-        let a = self.working.aggregates.entry(event.stream).or_default();
+        let a = self.working(event.stream);
         if a.parked.iter().all(|p| p.version != event.version) {
             a.parked.push(ParkedProjectionEvent {
                 stream: event.stream,
@@ -266,23 +316,39 @@ impl ProjectionUnit for InMemoryUnit {
         &mut self,
         bucket: Bucket,
     ) -> Result<Vec<ParkedProjectionEvent>, StoreError> {
+        let flagged: Vec<StreamId> = self.store.read(&self.projection, |state| {
+            state
+                .aggregates
+                .iter()
+                .filter(|(_, a)| a.retry && a.parked.first().is_some_and(|p| p.bucket == bucket))
+                .map(|(stream, _)| *stream)
+                .collect()
+        });
         let mut taken = Vec::new();
-        for a in self.working.aggregates.values_mut() {
-            if a.retry && a.parked.first().is_some_and(|p| p.bucket == bucket) {
-                a.retry = false;
-                taken.append(&mut a.parked);
-            }
+        for stream in flagged {
+            let a = self.working(stream);
+            a.retry = false;
+            taken.append(&mut a.parked);
         }
         taken.sort_by_key(|p| (*p.stream.as_uuid(), p.version));
         Ok(taken)
     }
 
     async fn load(&mut self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        Ok(self.working.documents.get(key).cloned())
+        if let Some(document) = self.documents.get(key) {
+            return Ok(document.clone());
+        }
+        let document = self
+            .store
+            .read(&self.projection, |state| state.documents.get(key).cloned());
+        self.documents.insert(key.to_owned(), document.clone());
+        Ok(document)
     }
 
     async fn save(&mut self, key: &str, document: serde_json::Value) -> Result<(), StoreError> {
-        self.working.documents.insert(key.to_owned(), document);
+        self.documents
+            .insert(key.to_owned(), Some(document.clone()));
+        self.saved.insert(key.to_owned(), document);
         Ok(())
     }
 
@@ -292,15 +358,24 @@ impl ProjectionUnit for InMemoryUnit {
         expected: ExpectedVersion,
         events: Vec<EventEnvelope>,
     ) -> Result<AppendOutcome, StoreError> {
-        self.events.append(stream, expected, events).await
+        self.store.events.append(stream, expected, events).await
     }
 
-    async fn commit(mut self, position: u64, pending: u64) -> Result<(), StoreError> {
-        self.events.check_available()?;
-        self.working
-            .positions
-            .insert(self.bucket, (position, pending));
-        *self.guard = self.working;
+    async fn commit(self, position: u64, pending: u64) -> Result<(), StoreError> {
+        self.store.events.check_available()?;
+        let Self {
+            store,
+            projection,
+            bucket,
+            aggregates,
+            saved,
+            ..
+        } = self;
+        store.write(&projection, |state| {
+            state.positions.insert(bucket, (position, pending));
+            state.aggregates.extend(aggregates);
+            state.documents.extend(saved);
+        });
         Ok(())
     }
 }
