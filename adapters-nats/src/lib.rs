@@ -127,6 +127,7 @@ mod config;
 mod connect;
 mod consumer;
 mod ledger;
+mod partition;
 mod provision;
 mod publisher;
 mod wire;
@@ -139,6 +140,10 @@ pub use config::{
 };
 pub use connect::{ConnectError, connect};
 pub use consumer::{ConsumerOptions, MAX_REASON_BYTES, NatsConsumer};
+pub use partition::{
+    DEFAULT_BUCKETS, MAX_BUCKETS, NatsFeed, feed_stream_config, feed_stream_name,
+    feed_subject_prefix, provision_feed,
+};
 pub use provision::{
     DLQ_HEADER_ROOM, ProvisionError, ProvisionReport, StreamOutcome, dlq_stream_config,
     ensure_stream, event_stream_config, provision, validate,

@@ -197,7 +197,7 @@ pub fn dlq_stream_config(config: &NatsConfig) -> Config {
     )
 }
 
-fn base_config(
+pub(crate) fn base_config(
     name: String,
     subjects: Vec<String>,
     config: &NatsConfig,

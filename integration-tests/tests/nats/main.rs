@@ -9,6 +9,7 @@
 mod cluster;
 mod consume;
 mod faults;
+mod partition;
 mod provisioning;
 mod publish;
 mod support;
