@@ -1,6 +1,7 @@
 //! Command-line interface: every option has an environment variable fallback and a `--help` text.
 
 use crate::telemetry::LogFormat;
+use crate::wiring::Shipped;
 use clap::{Args, Parser, Subcommand};
 use secrecy::SecretString;
 use std::net::SocketAddr;
@@ -199,6 +200,16 @@ pub enum Command {
         #[arg(long)]
         max: Option<u64>,
     },
+    /// Run workers of a projection: each takes its share of the feed's buckets, applies their
+    /// events in per-aggregate order and commits effects exactly once. Long-running; stops
+    /// gracefully on SIGINT/SIGTERM. Run a new --generation beside the old one to rebuild.
+    Project(ProjectArgs),
+    /// Inspect and operate projections: status, parked aggregates, retry, skip, activate.
+    Projections {
+        /// What to do.
+        #[command(subcommand)]
+        action: ProjectionsCommand,
+    },
     /// Show the relay's state: last committed position, last published, checkpoint age, lease
     /// holder, dead letters, and what holds the commit horizon back.
     Status {
@@ -212,6 +223,110 @@ pub enum Command {
         /// Checkpoint name.
         #[arg(long, env = "EDUPULSE_RELAY_NAME", default_value = "default")]
         name: String,
+    },
+}
+
+/// Which projection, and which generation of it.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionRef {
+    /// The projection.
+    #[arg(long, value_enum)]
+    pub projection: Shipped,
+    /// Its generation (a rebuild runs the next one beside the current one).
+    #[arg(long, default_value_t = 1)]
+    pub generation: u32,
+}
+
+/// Options of `project`.
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    /// PostgreSQL options.
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// NATS options.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// The projection.
+    #[command(flatten)]
+    pub which: ProjectionRef,
+    /// Workers in this process (tasks); workers of all processes share the buckets.
+    #[arg(long, env = "EDUPULSE_PROJECTION_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Buckets of the feed: fixed when the bucket stream is created, the most workers that can
+    /// share the work.
+    #[arg(long, env = "EDUPULSE_PROJECTION_BUCKETS", default_value_t = edupulse_nats::DEFAULT_BUCKETS)]
+    pub buckets: u16,
+    /// This process's worker name prefix, unique among the projection's processes (default:
+    /// host name and process id).
+    #[arg(long, env = "EDUPULSE_PROJECTION_WORKER")]
+    pub worker: Option<String>,
+    /// Events per unit (one transaction).
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Time to live of the bucket leases, in milliseconds: a dead worker's buckets are taken
+    /// over within about this.
+    #[arg(long, env = "EDUPULSE_LEASE_TTL_MS", default_value_t = 10_000)]
+    pub lease_ttl_ms: u64,
+    /// Address of /metrics, /healthz and /readyz (none when not given).
+    #[arg(long, env = "EDUPULSE_METRICS_ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The `projections` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Progress as JSON: events applied, lag, parked aggregates and events, live workers, and
+    /// the generation readers use.
+    Status {
+        /// PostgreSQL options.
+        #[command(flatten)]
+        pg: PgArgs,
+        /// The projection.
+        #[command(flatten)]
+        which: ProjectionRef,
+    },
+    /// The parked aggregates, one JSON line each, with their parked events.
+    Parked {
+        /// PostgreSQL options.
+        #[command(flatten)]
+        pg: PgArgs,
+        /// The projection.
+        #[command(flatten)]
+        which: ProjectionRef,
+    },
+    /// Apply a parked aggregate's events again, in order (after a fix).
+    Retry {
+        /// PostgreSQL options.
+        #[command(flatten)]
+        pg: PgArgs,
+        /// The projection.
+        #[command(flatten)]
+        which: ProjectionRef,
+        /// The parked aggregate (stream id).
+        #[arg(long)]
+        stream: String,
+    },
+    /// Give up a parked aggregate's first parked event (or the gap it waits on) for good, and
+    /// apply the rest again.
+    Skip {
+        /// PostgreSQL options.
+        #[command(flatten)]
+        pg: PgArgs,
+        /// The projection.
+        #[command(flatten)]
+        which: ProjectionRef,
+        /// The parked aggregate (stream id).
+        #[arg(long)]
+        stream: String,
+    },
+    /// Make this generation the one readers use (after a rebuild caught up).
+    Activate {
+        /// PostgreSQL options.
+        #[command(flatten)]
+        pg: PgArgs,
+        /// The projection.
+        #[command(flatten)]
+        which: ProjectionRef,
     },
 }
 

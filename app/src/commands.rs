@@ -18,6 +18,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+mod projections;
+
+pub use projections::{
+    activate, parked as projection_parked, project, retry, skip, status as projection_status,
+};
+
 /// Connects the store only (for commands that do not need NATS).
 ///
 /// # Errors

@@ -12,10 +12,35 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// What `/readyz` asks: `None` when ready, else why not.
+pub trait Readiness: Send + Sync {
+    /// Why the process is not ready, if it is not.
+    fn not_ready(&self) -> Option<String>;
+}
+
+impl Readiness for RelayStats {
+    fn not_ready(&self) -> Option<String> {
+        if let Some(reason) = self.blocked_reason() {
+            return Some(format!("the broker refuses the whole stream: {reason}"));
+        }
+        (!self.is_healthy(Duration::from_secs(10)))
+            .then(|| "no healthy iteration in 10 s".to_owned())
+    }
+}
+
+/// Ready as soon as it serves (projection workers: their progress is in `/metrics`).
+pub struct AlwaysReady;
+
+impl Readiness for AlwaysReady {
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     prometheus: PrometheusHandle,
-    stats: Arc<RelayStats>,
+    readiness: Arc<dyn Readiness>,
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address (port 0 picks one).
@@ -25,7 +50,7 @@ struct AppState {
 pub async fn serve(
     addr: SocketAddr,
     prometheus: PrometheusHandle,
-    stats: Arc<RelayStats>,
+    readiness: Arc<dyn Readiness>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let prometheus_for_upkeep = prometheus.clone();
@@ -33,7 +58,10 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AppState { prometheus, stats });
+        .with_state(AppState {
+            prometheus,
+            readiness,
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(upkeep(prometheus_for_upkeep, shutdown.clone()));
@@ -67,18 +95,11 @@ async fn metrics(State(state): State<AppState>) -> String {
 }
 
 async fn ready(State(state): State<AppState>) -> (StatusCode, String) {
-    if let Some(reason) = state.stats.blocked_reason() {
-        return (
+    match state.readiness.not_ready() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the broker refuses the whole stream: {reason}\n"),
-        );
-    }
-    if state.stats.is_healthy(Duration::from_secs(10)) {
-        (StatusCode::OK, "ready\n".into())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no healthy iteration in 10 s\n".into(),
-        )
+            format!("not ready: {reason}\n"),
+        ),
     }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use edupulse_app::cli::{Cli, Command};
+use edupulse_app::cli::{Cli, Command, ProjectionsCommand};
 use edupulse_app::relay::ReplayMode;
 use edupulse_app::{commands, entry};
 use edupulse_ports::Release;
@@ -55,6 +55,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { pg, nats, name } => commands::status(&pg, &nats, &name)
             .await
             .context("status")?,
+        Command::Project(args) => commands::project(&args).await.context("project")?,
+        Command::Projections { action } => projections(action).await?,
         Command::Parked { pg, name } => commands::parked(&pg, &name).await.context("parked")?,
         Command::Release {
             pg,
@@ -66,6 +68,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             .context("release")?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn projections(action: ProjectionsCommand) -> anyhow::Result<()> {
+    match action {
+        ProjectionsCommand::Status { pg, which } => commands::projection_status(&pg, &which)
+            .await
+            .context("projections status")?,
+        ProjectionsCommand::Parked { pg, which } => commands::projection_parked(&pg, &which)
+            .await
+            .context("projections parked")?,
+        ProjectionsCommand::Retry { pg, which, stream } => commands::retry(&pg, &which, &stream)
+            .await
+            .context("projections retry")?,
+        ProjectionsCommand::Skip { pg, which, stream } => commands::skip(&pg, &which, &stream)
+            .await
+            .context("projections skip")?,
+        ProjectionsCommand::Activate { pg, which } => commands::activate(&pg, &which)
+            .await
+            .context("projections activate")?,
+    }
+    Ok(())
 }
 
 fn replay_mode(force: bool) -> ReplayMode {

@@ -119,6 +119,34 @@ fn describe() {
         "Events appended by this process."
     );
     describe_counter!("edupulse_append_errors_total", "Failed appends, by kind.");
+    describe_counter!(
+        "edupulse_projection_applied_total",
+        "Events applied by this process's projection workers."
+    );
+    describe_counter!(
+        "edupulse_projection_parked_total",
+        "Events parked by this process's projection workers (failed, early, or behind one)."
+    );
+    describe_gauge!(
+        "edupulse_projection_lag_messages",
+        "Messages of the projection's feed not read yet, over its buckets."
+    );
+    describe_gauge!(
+        "edupulse_projection_applied",
+        "Events applied or skipped by the projection, all workers."
+    );
+    describe_gauge!(
+        "edupulse_projection_parked_aggregates",
+        "Aggregates parked now (see `edupulse-events projections parked`)."
+    );
+    describe_gauge!(
+        "edupulse_projection_parked_events",
+        "Events parked now: the failed ones and those waiting behind them."
+    );
+    describe_gauge!(
+        "edupulse_projection_workers",
+        "Workers of the projection seen alive."
+    );
 }
 
 /// An error and its causes on one line ("relay: PostgreSQL: event store unavailable: …"), for a

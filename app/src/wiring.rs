@@ -3,6 +3,10 @@
 //! The command, the demo, the bench and the end-to-end tests all go through [`Backbone`], so what
 //! the tests drive is the real wiring, not a copy of it.
 
+mod projections;
+
+pub use projections::{RunningProjection, Shipped, spawn_shipped, spawn_workers};
+
 use crate::cli::{NatsArgs, PgArgs, RelayArgs};
 use crate::relay::{Relay, RelayConfig, RelayPorts, RelayStats};
 use edupulse_nats::{

@@ -296,6 +296,14 @@ pub trait ProjectionStore: Send + Sync {
         stream: StreamId,
     ) -> Result<Skipped, StoreError>;
 
+    /// The last version of `stream` applied (or skipped) by `projection`, as committed; 0
+    /// before the first.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
+    async fn applied(&self, projection: &ProjectionId, stream: StreamId)
+    -> Result<u64, StoreError>;
+
     /// The projection's progress.
     ///
     /// # Errors

@@ -84,6 +84,11 @@ SET applied = applied + $6
 WHERE projection = $1 AND generation = $2 AND bucket = $5 AND EXISTS (SELECT 1 FROM aggregate)
 "#;
 
+const APPLIED_SQL: &str = r#"
+SELECT applied FROM projection_aggregates
+WHERE projection = $1 AND generation = $2 AND stream_id = $3
+"#;
+
 const PROGRESS_SQL: &str = r#"
 SELECT
     (SELECT coalesce(sum(applied), 0)::int8 FROM projection_buckets
@@ -273,6 +278,21 @@ pub(super) async fn skip(
         .map_err(map_sqlx)?;
     tx.commit().await.map_err(map_sqlx)?;
     Ok(skipped)
+}
+
+pub(super) async fn applied(
+    pool: &PgPool,
+    projection: &ProjectionId,
+    stream: StreamId,
+) -> Result<u64, StoreError> {
+    let applied: Option<i64> = sqlx::query_scalar(APPLIED_SQL)
+        .bind(projection.name())
+        .bind(generation(projection))
+        .bind(stream.as_uuid())
+        .fetch_optional(pool)
+        .await
+        .map_err(map_sqlx)?;
+    applied.map_or(Ok(0), to_u64)
 }
 
 pub(super) async fn progress(

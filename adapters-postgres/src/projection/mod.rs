@@ -149,6 +149,14 @@ impl ProjectionStore for PgProjectionStore {
         admin::skip(&self.pool, projection, stream).await
     }
 
+    async fn applied(
+        &self,
+        projection: &ProjectionId,
+        stream: StreamId,
+    ) -> Result<u64, StoreError> {
+        admin::applied(&self.pool, projection, stream).await
+    }
+
     async fn progress(&self, projection: &ProjectionId) -> Result<ProjectionProgress, StoreError> {
         admin::progress(&self.pool, projection).await
     }

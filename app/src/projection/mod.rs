@@ -39,6 +39,7 @@
 //! | `bucket.rs` | one held bucket: reading, units, retries and parking |
 //! | `achievements.rs` | the achievements projection (badges awarded through the store) |
 //! | `catalogue.rs` | the lesson catalogue projection |
+//! | `wait.rs` | waiting until a projection applied given appends |
 
 mod achievements;
 mod bucket;
@@ -46,9 +47,11 @@ mod catalogue;
 mod share;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 pub use achievements::{Achievements, LearnerProgress};
 pub use catalogue::{CatalogueEntry, LessonCatalogue};
+pub use wait::{CatchUpError, wait_until_applied};
 
 use edupulse_ports::projection::{Projection, ProjectionFeed, ProjectionId, ProjectionStore};
 use edupulse_ports::{LeaseProvider, RetryPolicy};

@@ -60,6 +60,31 @@ where
             .stats
             .buckets_held
             .store(self.held.len() as u64, Ordering::Relaxed);
+        self.report_progress().await;
+    }
+
+    /// The projection's progress as gauges of `/metrics` (the same figures from every worker).
+    async fn report_progress(&self) {
+        let runner = &self.runner;
+        let progress = match runner.store.progress(&runner.projection).await {
+            Ok(progress) => progress,
+            Err(error) => {
+                tracing::debug!(projection = %runner.projection, %error, "progress not read");
+                return;
+            }
+        };
+        let name = runner.projection.to_string();
+        let gauge = |metric: &'static str, value: u64| {
+            metrics::gauge!(metric, "projection" => name.clone()).set(value as f64);
+        };
+        gauge("edupulse_projection_lag_messages", progress.pending);
+        gauge("edupulse_projection_applied", progress.applied);
+        gauge(
+            "edupulse_projection_parked_aggregates",
+            progress.parked_aggregates,
+        );
+        gauge("edupulse_projection_parked_events", progress.parked_events);
+        gauge("edupulse_projection_workers", progress.workers);
     }
 
     /// Buckets / live workers, rounded up; `None` when the store cannot be reached (the worker

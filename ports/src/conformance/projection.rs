@@ -77,6 +77,14 @@ pub async fn a_unit_commits_all_or_nothing<S: ProjectionStore + ?Sized>(store: &
         ),
         (1, 1, 1, 5)
     );
+    assert_eq!(
+        store.applied(&projection, applied).await.expect("applied"),
+        1
+    );
+    assert_eq!(
+        store.applied(&projection, parked).await.expect("applied"),
+        0
+    );
 }
 
 /// Two units of one bucket never run at once: the second begins once the first ended, and

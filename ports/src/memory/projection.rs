@@ -244,6 +244,16 @@ impl ProjectionStore for InMemoryProjectionStore {
         }))
     }
 
+    async fn applied(
+        &self,
+        projection: &ProjectionId,
+        stream: StreamId,
+    ) -> Result<u64, StoreError> {
+        Ok(self.read(projection, |state| {
+            state.aggregates.get(&stream).map_or(0, |a| a.applied)
+        }))
+    }
+
     async fn progress(&self, projection: &ProjectionId) -> Result<ProjectionProgress, StoreError> {
         let workers = {
             let now = Instant::now();
