@@ -21,6 +21,9 @@
 //!   [`Forwarder::silence`]).
 //! - [`checker`]: the history of a run and its verdict (lost, duplicated, redelivered,
 //!   reordered, unexpected), defined once, used by the demo and by every suite.
+//! - [`projections`]: the projections' side of the checker (badges and catalogue rows against
+//!   what the stored events call for) and a probe projection counting events applied twice or
+//!   out of order.
 //! - [`workload`]: the one workload generator (writers appending with expected versions,
 //!   retrying ambiguous failures with the same ids, at a closed- or open-loop pace), recording
 //!   into the checker's history; used by the demo, the bench and every suite.
@@ -92,6 +95,7 @@ pub mod images;
 pub mod local;
 pub mod nats;
 pub mod postgres;
+pub mod projections;
 pub mod recipes;
 pub mod tls;
 pub mod workload;

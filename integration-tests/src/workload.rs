@@ -404,7 +404,7 @@ async fn open_loop(
         let call = Call {
             stream,
             expected: ExpectedVersion::NoStream,
-            events: shared.events_of_one_shape(stream, n, &mut rng),
+            events: shared.events_of_one_shape(stream, n, &[], &mut rng),
             owned: None,
         };
         made += 1;
@@ -460,7 +460,7 @@ impl Shared {
         match self.workload.mix {
             Mix::QuizSubmissions => {
                 let slot = turn % owned.len();
-                self.to_owned_aggregate(owned, slot, n, rng)
+                self.to_owned_aggregate(owned, slot, n, &[], rng)
             }
             Mix::Edupulse => self.edupulse_call(rng, owned, learners, n),
         }
@@ -471,28 +471,35 @@ impl Shared {
         owned: &[Owned],
         slot: usize,
         n: usize,
+        students: &[StreamId],
         rng: &mut impl Rng,
     ) -> Call {
         let aggregate = owned[slot];
         Call {
             stream: aggregate.stream,
             expected: aggregate.expected(),
-            events: self.events_of_one_shape(aggregate.stream, n, rng),
+            events: self.events_of_one_shape(aggregate.stream, n, students, rng),
             owned: Some(slot),
         }
     }
 
-    /// `n` quiz submissions to `stream`, tagged with the run.
+    /// `n` quiz submissions to `stream`, tagged with the run, by students drawn from
+    /// `students` (fresh ones when it is empty).
     fn events_of_one_shape(
         &self,
         stream: StreamId,
         n: usize,
+        students: &[StreamId],
         rng: &mut impl Rng,
     ) -> Vec<EventEnvelope> {
         (0..n)
             .map(|_| {
                 let metadata = self.metadata(rng);
-                quiz_submission_with(stream, rng, metadata)
+                let student = match students.len() {
+                    0 => Uuid::new_v4(),
+                    len => *students[rng.random_range(0..len)].as_uuid(),
+                };
+                quiz_submission_with(stream, student, rng, metadata)
             })
             .collect()
     }
@@ -541,10 +548,11 @@ impl Shared {
                 };
                 single(stream, expected, lesson.into())
             }
-            // Submissions to one of the writer's quizzes, with its expected version.
+            // Submissions to one of the writer's quizzes, with its expected version, by the
+            // writer's learners (so that some earn badges).
             10..=64 => {
                 let slot = rng.random_range(0..owned.len());
-                self.to_owned_aggregate(owned, slot, n, rng)
+                self.to_owned_aggregate(owned, slot, n, learners, rng)
             }
             // A badge, in the learner's stream.
             65..=84 => {
@@ -740,13 +748,18 @@ pub fn request_metadata(rng: &mut impl Rng) -> Metadata {
 /// of [`Mix::QuizSubmissions`].
 pub fn quiz_submission(stream: StreamId, rng: &mut impl Rng) -> EventEnvelope {
     let metadata = request_metadata(rng);
-    quiz_submission_with(stream, rng, metadata)
+    quiz_submission_with(stream, Uuid::new_v4(), rng, metadata)
 }
 
-fn quiz_submission_with(stream: StreamId, rng: &mut impl Rng, metadata: Metadata) -> EventEnvelope {
+fn quiz_submission_with(
+    stream: StreamId,
+    student: Uuid,
+    rng: &mut impl Rng,
+    metadata: Metadata,
+) -> EventEnvelope {
     let max = Score::new(20.0).expect("a positive maximum is valid");
     let score = Score::new(rng.random_range(0..=40) as f32 / 2.0).expect("0 to 20 is valid");
-    let submission = QuizSubmitted::new(*stream.as_uuid(), Uuid::new_v4(), score, max)
+    let submission = QuizSubmitted::new(*stream.as_uuid(), student, score, max)
         .expect("a score within its maximum is valid");
     EventEnvelope::new(submission)
         .with_stream(stream)

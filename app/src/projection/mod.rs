@@ -51,7 +51,7 @@ mod wait;
 
 pub use achievements::{Achievements, LearnerProgress};
 pub use catalogue::{CatalogueEntry, LessonCatalogue};
-pub use wait::{CatchUpError, wait_until_applied};
+pub use wait::{CatchUpError, wait_until_applied, wait_until_versions_applied};
 
 use edupulse_ports::projection::{Projection, ProjectionFeed, ProjectionId, ProjectionStore};
 use edupulse_ports::{LeaseProvider, RetryPolicy};

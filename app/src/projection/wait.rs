@@ -59,10 +59,25 @@ pub async fn wait_until_applied<S: ProjectionStore + ?Sized>(
     appended: &[AppendOutcome],
     timeout: Duration,
 ) -> Result<(), CatchUpError> {
-    let mut waiting: Vec<(StreamId, u64)> = appended
+    let versions: Vec<(StreamId, u64)> = appended
         .iter()
         .filter_map(|o| Some((o.stream_id, o.events.last()?.stream_version)))
         .collect();
+    wait_until_versions_applied(store, projection, versions, timeout).await
+}
+
+/// Waits until `projection` has applied each `(stream, version)` of `versions`, or fails fast
+/// when one of them is parked.
+///
+/// # Errors
+/// [`CatchUpError`].
+pub async fn wait_until_versions_applied<S: ProjectionStore + ?Sized>(
+    store: &S,
+    projection: &ProjectionId,
+    versions: Vec<(StreamId, u64)>,
+    timeout: Duration,
+) -> Result<(), CatchUpError> {
+    let mut waiting = versions;
     let started = Instant::now();
     loop {
         let mut still = Vec::with_capacity(waiting.len());

@@ -8,17 +8,24 @@
 
 use crate::cli::DemoArgs;
 use edupulse_app::latency::ms;
+use edupulse_app::projection::{RunnerConfig, wait_until_versions_applied};
 use edupulse_app::relay::RelayConfig;
-use edupulse_app::wiring::{Backbone, WiringError, spawn_relay};
-use edupulse_domain::{EventId, Uuid};
+use edupulse_app::wiring::{
+    Backbone, RunningProjection, Shipped, WiringError, spawn_relay, spawn_shipped,
+};
+use edupulse_domain::{DomainEvent, EventId, StreamId, Uuid};
 use edupulse_integration_tests::checker::{self, Consumed, Figures, History};
 use edupulse_integration_tests::local::{BrokerSync, LocalServers};
+use edupulse_integration_tests::projections::{
+    ProjectionFigures, judge_projections, stored_events,
+};
 use edupulse_integration_tests::workload::{
     Mix, Observers, Pace, RUN_KEY, Until, Workload, WorkloadError,
 };
+use edupulse_ports::projection::ProjectionStore;
 use edupulse_ports::{EventConsumer, Settlement};
 use secrecy::SecretString;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -47,12 +54,18 @@ pub struct DemoReport {
     pub commit_to_ack_max: Duration,
     /// Append call latency, p50 / p99.
     pub append_latency: (Duration, Duration),
+    /// What the achievements and lesson catalogue projections show, judged against the events.
+    pub projections: ProjectionFigures,
+    /// Events the projection workers applied (both projections).
+    pub projection_applied: u64,
+    /// From the end of the appends until both projections had applied every event of the run.
+    pub projection_catch_up: Duration,
 }
 
 impl DemoReport {
     /// Whether everything arrived exactly once, in order.
     pub fn passed(&self) -> bool {
-        self.appended > 0 && self.verdict.kept_the_guarantees()
+        self.appended > 0 && self.verdict.kept_the_guarantees() && self.projections.consistent()
     }
 }
 
@@ -69,6 +82,12 @@ pub enum DemoError {
     /// The writers stopped: the store refused an append or broke a promise.
     #[error("the workload stopped")]
     Workload(#[from] WorkloadError),
+    /// A projection did not catch up with the run (parked, or too slow).
+    #[error("projection {0} did not catch up")]
+    Projection(
+        &'static str,
+        #[source] edupulse_app::projection::CatchUpError,
+    ),
 }
 
 /// Runs the demo: with Docker servers when no URLs are given.
@@ -124,6 +143,7 @@ pub async fn run_against(
     let mut consumer = backbone
         .consumer(&format!("demo-{}", &run_id[..12]), None)
         .await?;
+    let projections = start_projections(&backbone, &run_id).await?;
 
     // The consumer runs concurrently with the writers.
     // Set once the writers are done, to the number of events they appended.
@@ -193,13 +213,29 @@ pub async fn run_against(
     let (received, last_received) = consumed
         .await
         .unwrap_or_else(|_| (Consumed::default(), Instant::now()));
+    let appended_at = Instant::now();
+    let projection_applied = catch_up(&backbone, &projections, &history).await?;
+    let projection_catch_up = appended_at.elapsed();
+
+    // The broker's own copy of this run's events, judged like every fault suite's run, and
+    // the badges the projection awarded, which the relay publishes like any other event.
+    let js = edupulse_nats::jetstream_context(backbone.client.clone(), &backbone.nats);
+    let events = stored_events(&*backbone.store).await;
+    let awards = awards_of(&events, &history.acknowledged_ids());
+    let full_log = broker_with(&js, &backbone.nats.stream_name, &awards).await;
     let stats = running.stats.clone();
     running.stop().await;
-
-    // The broker's own copy of this run's events, judged like every fault suite's run.
-    let js = edupulse_nats::jetstream_context(backbone.client.clone(), &backbone.nats);
+    for (_, running) in projections.running {
+        running.stop().await;
+    }
+    let published: HashSet<EventId> = full_log
+        .iter()
+        .filter_map(|(id, _, _)| id.parse().ok())
+        .collect();
+    let catalogue = (&*backbone.projection_store(), &projections.catalogue);
+    let projection_figures = judge_projections(&events, Some(&run_id), catalogue, &published).await;
     let ours = history.acknowledged_ids();
-    let mut broker = checker::broker_log(&js, &backbone.nats.stream_name).await;
+    let mut broker = full_log;
     broker.retain(|(id, _, _)| id.parse().is_ok_and(|id: EventId| ours.contains(&id)));
     let verdict = checker::judge("demo", &history, &received, &HashSet::new(), &broker);
     Ok(DemoReport {
@@ -216,7 +252,116 @@ pub async fn run_against(
             written.latency.quantile(0.5),
             written.latency.quantile(0.99),
         ),
+        projections: projection_figures,
+        projection_applied,
+        projection_catch_up,
     })
+}
+
+/// Buckets of the demo's feed.
+const BUCKETS: u16 = 16;
+
+/// The shipped projections, running beside the relay.
+struct DemoProjections {
+    running: Vec<(Shipped, RunningProjection)>,
+    catalogue: edupulse_ports::projection::ProjectionId,
+    ids: Vec<edupulse_ports::projection::ProjectionId>,
+}
+
+/// Starts two achievements workers and one catalogue worker, each projection a generation of
+/// its own to this run (so that runs on shared servers do not mix), switched to at once.
+async fn start_projections(
+    backbone: &Backbone,
+    run_id: &str,
+) -> Result<DemoProjections, DemoError> {
+    let feed = backbone.feed(BUCKETS).await?;
+    let store = backbone.projection_store();
+    let generation = u32::from_str_radix(&run_id[..7], 16).unwrap_or(1);
+    let config = RunnerConfig::new(format!("demo-{}", &run_id[..8]));
+    let mut running = Vec::new();
+    let mut ids = Vec::new();
+    for (shipped, workers) in [(Shipped::Achievements, 2), (Shipped::LessonCatalogue, 1)] {
+        let id = shipped.id(generation)?;
+        store.activate(&id).await.map_err(WiringError::from)?;
+        running.push((
+            shipped,
+            spawn_shipped(
+                backbone,
+                shipped,
+                generation,
+                feed.clone(),
+                workers,
+                &config,
+            )?,
+        ));
+        ids.push(id);
+    }
+    Ok(DemoProjections {
+        running,
+        catalogue: ids[1].clone(),
+        ids,
+    })
+}
+
+/// Waits until both projections applied every acknowledged event of the run; returns what
+/// their workers applied.
+async fn catch_up(
+    backbone: &Backbone,
+    projections: &DemoProjections,
+    history: &History,
+) -> Result<u64, DemoError> {
+    let mut last: HashMap<StreamId, u64> = HashMap::new();
+    for (stream, version) in history.acknowledged_versions().into_values() {
+        let entry = last.entry(stream).or_default();
+        *entry = (*entry).max(version);
+    }
+    let versions: Vec<(StreamId, u64)> = last.into_iter().collect();
+    let store = backbone.projection_store();
+    for ((shipped, _), id) in projections.running.iter().zip(&projections.ids) {
+        wait_until_versions_applied(&*store, id, versions.clone(), Duration::from_secs(300))
+            .await
+            .map_err(|e| DemoError::Projection(shipped.name(), e))?;
+    }
+    Ok(projections.running.iter().map(|(_, r)| r.applied()).sum())
+}
+
+/// The badges awarded because of the run's events.
+fn awards_of(
+    events: &[edupulse_domain::EventEnvelope],
+    run: &HashSet<EventId>,
+) -> HashSet<EventId> {
+    let causes: HashSet<String> = run.iter().map(ToString::to_string).collect();
+    events
+        .iter()
+        .filter(|e| matches!(e.event, DomainEvent::BadgeAwarded(_)))
+        .filter(|e| {
+            e.metadata
+                .causation_id
+                .as_ref()
+                .is_some_and(|c| causes.contains(c.as_str()))
+        })
+        .map(|e| e.id)
+        .collect()
+}
+
+/// The broker's log, once it holds every one of `wanted` (or after a minute).
+async fn broker_with(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    wanted: &HashSet<EventId>,
+) -> Vec<(String, String, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = checker::broker_log(js, stream).await;
+        let have: HashSet<EventId> = log
+            .iter()
+            .filter_map(|(id, _, _)| id.parse().ok())
+            .collect();
+        if wanted.is_subset(&have) || Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Prints the report for humans.
@@ -249,14 +394,21 @@ pub fn print(report: &DemoReport) {
         ms(report.commit_to_ack_p99),
         ms(report.commit_to_ack_max)
     );
+    println!(
+        "  projections              {} events applied by 3 workers, caught up {:.2} s after the appends",
+        report.projection_applied,
+        report.projection_catch_up.as_secs_f64()
+    );
     println!();
+    println!("The projections, judged against the stored events:");
+    println!("{}", report.projections.table());
     println!("The checker's verdict (the fault suites' table, one row):");
     println!("{}", report.verdict.table());
     println!();
     println!(
         "  result                   {}",
         if report.passed() {
-            "PASS: every event arrived exactly once, in per-stream order"
+            "PASS: every event arrived exactly once, in per-stream order; the projections agree with the events"
         } else {
             "FAIL"
         }
