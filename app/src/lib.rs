@@ -31,3 +31,8 @@ pub mod projection;
 pub mod relay;
 pub mod telemetry;
 pub mod wiring;
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeExamples;
