@@ -101,6 +101,8 @@ pub enum BenchPhase {
     Catchup,
     /// Row 6 and end to end: commit → ack at paced rates, then append + relay at full speed.
     Live,
+    /// Row 8: the achievements projection with 4 workers, applying the published backlog.
+    Projection,
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@ use crate::cli::{BenchArgs, BenchPhase};
 use async_nats::jetstream;
 use edupulse_app::cli::{NatsArgs, PgArgs};
 use edupulse_app::latency::ms;
+use edupulse_app::projection::RunnerConfig;
 use edupulse_app::relay::RelayConfig;
-use edupulse_app::wiring::{Backbone, spawn_relay};
+use edupulse_app::wiring::{Backbone, Shipped, spawn_relay, spawn_shipped};
 use edupulse_integration_tests::checker::{self, Consumed, History};
 use edupulse_integration_tests::local::LocalNats;
 use edupulse_postgres::{PgEventStore, PgStoreConfig, StatementLog};
@@ -143,6 +144,9 @@ impl<'a> Lab<'a> {
         }
         let peak_rss = catch_up(self, &mut rows).await?;
         let latency = live(self, &mut rows).await?;
+        if self.plan.runs(BenchPhase::Projection) {
+            projection(self, &mut rows).await?;
+        }
         let mut report = BenchReport {
             quick: args.quick,
             event_bytes: self.template.encoded.len(),
@@ -163,6 +167,10 @@ impl<'a> Lab<'a> {
     /// caller).
     pub(super) async fn close(self) {
         let _ = self.js.delete_stream(&self.raw_stream).await;
+        let _ = self
+            .js
+            .delete_stream(edupulse_nats::feed_stream_name(&self.backbone.nats))
+            .await;
         let _ = self.js.delete_stream(&self.backbone.nats.stream_name).await;
         let _ = self
             .js
@@ -456,6 +464,40 @@ async fn catch_up(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<PeakRss, BenchEr
     }
     Ok(peak_rss)
 }
+
+/// Row 8: four achievements workers (one process, 16 buckets) applying the event stream from
+/// its start: after a warm-up, what they apply in a fixed window, as events per second.
+async fn projection(lab: &Lab<'_>, rows: &mut Vec<Row>) -> Result<(), BenchError> {
+    let (warm_up, window) = lab.plan.projection_window;
+    eprintln!("achievements projection, 4 workers…");
+    let feed = lab.backbone.feed(PROJECTION_BUCKETS).await?;
+    let mut config = RunnerConfig::new(format!("bench-{}", lab.run_id));
+    config.batch_size = 512;
+    let running = spawn_shipped(&lab.backbone, Shipped::Achievements, 1, feed, 4, &config)?;
+    tokio::time::sleep(warm_up).await;
+    let (before, cpu_before, started) =
+        (running.applied(), lab.probe.snapshot(None), Instant::now());
+    tokio::time::sleep(window).await;
+    let m = Measured {
+        events: running.applied() - before,
+        elapsed: started.elapsed(),
+    };
+    let cpu = lab.cpu_since(cpu_before, &m);
+    running.stop().await;
+    record(
+        rows,
+        "projection",
+        format!(
+            "8. achievements projection: 4 workers, {PROJECTION_BUCKETS} buckets, applied from the stream"
+        ),
+        m,
+        cpu,
+    );
+    Ok(())
+}
+
+/// Buckets of the bench's feed.
+const PROJECTION_BUCKETS: u16 = 16;
 
 /// The checker's verdict on the live phase: every acknowledged event stored once by the broker,
 /// each stream in version order (the relay is the only writer of the stream from
