@@ -8,6 +8,8 @@
 //! - a worker process killed with `SIGKILL` mid-run: the other process takes its buckets over;
 //! - workers racing for the same buckets: sets started together and restarted over and over;
 //! - NATS paused mid-run: reads time out, buckets are read again from the committed positions;
+//! - events stored twice by the broker (an operator's forced replay): the copies are passed
+//!   over, the aggregates go on;
 //! - a poison event in the middle of one aggregate: only that aggregate waits, retry re-parks
 //!   it, skip lets the rest through;
 //! - a rebuild during live traffic: generation 2 from scratch beside generation 1, both agree,
@@ -21,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use edupulse_domain::{ExpectedVersion, StreamId};
 use edupulse_integration_tests::projections::{POISON_KEY, Probe, applications};
-use edupulse_ports::EventAppender;
 use edupulse_ports::projection::ProjectionStore;
+use edupulse_ports::{EventAppender, EventPublisher, EventReader};
 use support::{BUCKETS, Row, Run};
 use tokio::process::Command;
 
@@ -356,5 +358,73 @@ async fn a_rebuild_during_live_traffic_agrees_with_the_serving_generation() {
     row.report();
     serving.stop().await;
     rebuild.stop().await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_the_broker_holds_twice_are_applied_once() {
+    // A short duplicate window: past it, the broker stores a copy again.
+    let window = Duration::from_secs(1);
+    let run = Run::start_with("proj-replay", None, window).await;
+    let projection = run.probe(1);
+    let workers = run.workers(&projection, "w", 2);
+    let writers = run.writers(1_000, 800.0);
+    Run::finish_writers(writers).await;
+    run.caught_up(&projection).await;
+    // A forced replay stores each stream's last version again: the feed delivers it twice.
+    let mut last: std::collections::HashMap<StreamId, edupulse_ports::RecordedEvent> =
+        std::collections::HashMap::new();
+    let mut cursor = edupulse_ports::Cursor::START;
+    loop {
+        let page = run
+            .backbone
+            .store
+            .read_all(cursor, 1_000)
+            .await
+            .expect("read");
+        let Some(tail) = page.last() else { break };
+        cursor = tail.cursor;
+        for event in page {
+            last.insert(event.stream_id, event);
+        }
+    }
+    tokio::time::sleep(window * 2).await;
+    let publisher = run.backbone.publisher();
+    let replayed: Vec<StreamId> = last.keys().copied().take(50).collect();
+    for stream in &replayed {
+        let ack = publisher
+            .republish(&last[stream])
+            .await
+            .expect("republished");
+        assert!(!ack.duplicate, "stored a second time");
+    }
+    // Then a next version of each: it must be applied after the copy is passed over.
+    for stream in &replayed {
+        let version = last[stream].stream_version;
+        let event = edupulse_integration_tests::sample_event(*stream, version + 1);
+        let outcome = run
+            .backbone
+            .store
+            .append(*stream, expected_after(version), vec![event])
+            .await
+            .expect("append");
+        run.history.acknowledged(&outcome);
+    }
+    run.caught_up(&projection).await;
+    let passed_over: u64 = workers.stats.iter().map(|s| s.snapshot().passed_over).sum();
+    assert!(
+        passed_over >= replayed.len() as u64,
+        "the copies were passed over ({passed_over})"
+    );
+    let row = Row::judge(
+        "50 events stored twice by the broker (replay --force)",
+        &run,
+        &projection,
+        0,
+        0,
+    )
+    .await;
+    row.report();
+    workers.stop().await;
     run.stop().await;
 }

@@ -64,13 +64,24 @@ impl Run {
     /// A run on its own database of the shared PostgreSQL and on `servers` (the shared NATS
     /// when `None`), with the relay running.
     pub(crate) async fn start(what: &str, servers: Option<Vec<String>>) -> Self {
+        Self::start_with(what, servers, edupulse_nats::DEFAULT_DUPLICATE_WINDOW).await
+    }
+
+    /// As [`Run::start`], with the broker deduplicating within `duplicate_window` only.
+    pub(crate) async fn start_with(
+        what: &str,
+        servers: Option<Vec<String>>,
+        duplicate_window: Duration,
+    ) -> Self {
         let db = edupulse_integration_tests::fresh_database().await;
         let servers = match servers {
             Some(servers) => servers,
             None => vec![edupulse_integration_tests::shared_nats().await.url()],
         };
         let name = edupulse_integration_tests::unique_name(what);
-        let backbone = Backbone::connect(&pg_config(db.url()), nats_config(servers, &name))
+        let mut nats = nats_config(servers, &name);
+        nats.duplicate_window = duplicate_window;
+        let backbone = Backbone::connect(&pg_config(db.url()), nats)
             .await
             .expect("connect the backbone");
         let feed = backbone.feed(BUCKETS).await.expect("provision the feed");
