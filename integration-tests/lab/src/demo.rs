@@ -5,6 +5,12 @@
 //! generator, [`Mix::Edupulse`]); the relay publishes; a durable consumer receives everything;
 //! the harness's checker judges the run on the consumer and on the broker's own copy, and the
 //! demo prints a summary and the checker's table.
+//!
+//! Beside the relay run the shipped projections: two achievements workers and one lesson
+//! catalogue worker, sharing the feed's buckets. Once every appended event is applied, the
+//! projections are judged against the stored events (`projections::judge_projections`): the
+//! badges the rule calls for, those awarded (each once, caused by a qualifying submission of its
+//! learner) and published by the relay, and one catalogue row per published lesson.
 
 use crate::cli::DemoArgs;
 use edupulse_app::latency::ms;

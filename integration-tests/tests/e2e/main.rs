@@ -94,6 +94,10 @@ async fn demo_workload_arrives_exactly_once_in_stream_order() {
         .expect("demo runs");
     assert_eq!(report.appended, 3_000);
     assert!(report.passed(), "{report:?}");
+    // The projections had something to show: badges earned by the rule, lessons published.
+    println!("{}", report.projections.table());
+    assert!(report.projections.badges_expected > 0, "{:?}", report.projections);
+    assert!(report.projections.lessons_expected > 0, "{:?}", report.projections);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
