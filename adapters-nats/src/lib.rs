@@ -2,9 +2,10 @@
 //! acknowledgement, deduplication and per-stream order, and gives downstream projections a
 //! durable consumer with retries and dead letters.
 //!
-//! It implements two ports of `edupulse-ports`: [`EventPublisher`](edupulse_ports::EventPublisher)
-//! with [`NatsPublisher`], and [`EventConsumer`](edupulse_ports::EventConsumer) with
-//! [`NatsConsumer`]. Nothing of `async-nats` leaks through those traits.
+//! It implements three ports of `edupulse-ports`: [`EventPublisher`](edupulse_ports::EventPublisher)
+//! with [`NatsPublisher`], [`EventConsumer`](edupulse_ports::EventConsumer) with
+//! [`NatsConsumer`], and [`ProjectionFeed`](edupulse_ports::projection::ProjectionFeed) with
+//! [`NatsFeed`]. Nothing of `async-nats` leaks through those traits.
 //!
 //! ```no_run
 //! use edupulse_nats::{NatsConfig, NatsPublisher, connect, jetstream_context, provision};
@@ -113,6 +114,19 @@
 //! A retry naks with a delay; a dead letter is copied to the dead-letter stream with reason
 //! headers, and the original is terminated only once the copy is acknowledged. Messages that
 //! cannot be decoded are dead-lettered by the consumer itself.
+//!
+//! # The bucket stream, for projections
+//!
+//! [`provision_feed`] creates (or checks) `<stream>_BUCKETS`, a stream with no subjects of its
+//! own that sources the event stream through the subject transform `<prefix>.*.*` →
+//! `<prefix>-b.{{partition(N,2)}}.{{wildcard(1)}}.{{wildcard(2)}}`: the server hashes the stream
+//! id token into one of `N` buckets, so every event of an aggregate lands in one bucket, in the
+//! event stream's order. [`NatsFeed`] reads a bucket with an ordered pull consumer from a
+//! sequence the projection store committed (the client recreates it after a gap, so a read has
+//! no gap and no repeat); nothing is acknowledged and nothing durable is left on the broker,
+//! since progress lives with the projection's state. `N` is fixed at creation; another count over
+//! an existing stream is refused (field `sources`). A message without the relay's stream id and
+//! version headers becomes an aggregate of its own, so it is parked alone.
 //!
 //! # Connecting
 //!

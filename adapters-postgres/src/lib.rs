@@ -2,7 +2,8 @@
 //! checkpoints, dead letters, commit hints and leases, on one PostgreSQL database with sqlx.
 //!
 //! [`PgEventStore`] implements the ports of `edupulse-ports` ([`EventAppender`], [`EventReader`],
-//! [`CommitHints`], [`CheckpointStore`], [`LeaseProvider`]) and passes their conformance kit.
+//! [`CommitHints`], [`CheckpointStore`], [`LeaseProvider`]) and passes their conformance kit;
+//! [`PgProjectionStore`] implements the projection store port and passes its kit.
 //! [`append_in_transaction`] appends inside a transaction the caller already holds. The schema
 //! lives in `migrations/`, embedded as [`MIGRATOR`]; nothing creates tables on connect.
 //!
@@ -254,6 +255,24 @@
 //! call in the same run, with no change to any caller's result. On 2 loaded cores the client,
 //! docker-proxy and PostgreSQL compete for CPU, which bounds every figure above and makes them
 //! vary ±2× between runs: compare ratios within a run, not absolute values across runs.
+//!
+//! # Projections
+//!
+//! [`PgEventStore::projections`] gives the [`ProjectionStore`](edupulse_ports::projection::ProjectionStore)
+//! on the same database (migration 0008): per projection and generation, each bucket's
+//! position, each aggregate's applied version, parked events, documents and live workers. A
+//! unit ([`PgProjectionUnit`]) is one transaction that first locks its bucket's row: the
+//! handler's writes, the applied versions and the bucket's new position commit together, so an
+//! effect happens exactly once, and two workers can never both commit a bucket's batch (the
+//! runner commits only if the position it read is still the committed one). The batch's
+//! aggregates are locked and read in one statement; writes are kept in the unit and written by
+//! one statement right before the COMMIT, which fails in a transaction where anything failed
+//! (no silent ROLLBACK). Events a projection emits ([`ProjectionUnit::emit`](edupulse_ports::projection::ProjectionUnit))
+//! are appended in the unit's transaction, in a savepoint, and published by the relay after the
+//! commit. Units time out (`lock_timeout`, `idle_in_transaction_session_timeout`) after the
+//! lease's time to live, so a stuck worker never holds a bucket longer than its lease. Roles:
+//! `edupulse_projector` (workers) and `edupulse_reader` (the view `projection_active_documents`
+//! only).
 //!
 //! # Security
 //!
