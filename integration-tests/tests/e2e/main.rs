@@ -96,8 +96,16 @@ async fn demo_workload_arrives_exactly_once_in_stream_order() {
     assert!(report.passed(), "{report:?}");
     // The projections had something to show: badges earned by the rule, lessons published.
     println!("{}", report.projections.table());
-    assert!(report.projections.badges_expected > 0, "{:?}", report.projections);
-    assert!(report.projections.lessons_expected > 0, "{:?}", report.projections);
+    assert!(
+        report.projections.badges_expected > 0,
+        "{:?}",
+        report.projections
+    );
+    assert!(
+        report.projections.lessons_expected > 0,
+        "{:?}",
+        report.projections
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -422,4 +430,59 @@ async fn metrics_and_health_endpoints() {
         "{metrics}"
     );
     relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projection_commands_operate_a_projection() {
+    use clap::Parser;
+    use edupulse_app::cli::{Cli, Command, ProjectionsCommand};
+    use edupulse_ports::projection::ProjectionStore;
+    let db = fresh_database().await;
+    let parse = |args: &[&str]| {
+        let mut all = vec!["edupulse-events", "projections"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--projection", "achievements", "--database-url", db.url()]);
+        match Cli::try_parse_from(all).expect("parses").command {
+            Command::Projections { action } => action,
+            _ => unreachable!("parsed as the projections command"),
+        }
+    };
+    let stream = StreamId::new().to_string();
+    match parse(&["status"]) {
+        ProjectionsCommand::Status { pg, which } => {
+            edupulse_app::commands::projection_status(&pg, &which)
+                .await
+                .expect("status");
+        }
+        _ => unreachable!("status"),
+    }
+    match parse(&["retry", "--stream", &stream]) {
+        ProjectionsCommand::Retry { pg, which, stream } => {
+            let refused = edupulse_app::commands::retry(&pg, &which, &stream).await;
+            assert!(refused.is_err(), "not parked: refused");
+        }
+        _ => unreachable!("retry"),
+    }
+    match parse(&["skip", "--stream", "not-a-uuid"]) {
+        ProjectionsCommand::Skip { pg, which, stream } => {
+            let refused = edupulse_app::commands::skip(&pg, &which, &stream).await;
+            assert!(refused.is_err(), "not a stream id: refused");
+        }
+        _ => unreachable!("skip"),
+    }
+    match parse(&["activate", "--generation", "3"]) {
+        ProjectionsCommand::Activate { pg, which } => {
+            edupulse_app::commands::activate(&pg, &which)
+                .await
+                .expect("activate");
+        }
+        _ => unreachable!("activate"),
+    }
+    let store = edupulse_postgres::PgEventStore::connect(&PgStoreConfig::new(SecretString::from(
+        db.url().to_owned(),
+    )))
+    .await
+    .expect("connect");
+    let active = store.projections().active_generation("achievements").await;
+    assert_eq!(active.expect("active generation"), Some(3));
 }
