@@ -10,6 +10,10 @@
 //! proves the transaction healthy: in a transaction where anything failed it fails too, instead
 //! of a COMMIT that would answer ROLLBACK (which sqlx reports as success).
 //!
+//! A unit that appended no event commits with `synchronous_commit = off`: it does not queue for
+//! the WAL flush behind every appender, and a crash can only lose it whole (effects and position
+//! together, read again from the broker). A unit that appended events waits for the flush.
+//!
 //! A unit sets `lock_timeout` and `idle_in_transaction_session_timeout` for its transaction to
 //! the lease's time to live: a worker stuck with a bucket's row locked loses its session (and
 //! the lock) about when its lease expires, and its successor waits no longer than that.

@@ -50,8 +50,16 @@ RETURNING p.stream_id, p.stream_version, p.bucket, p.body, p.reason
 
 /// Writes what the unit kept (aggregates, documents, parked events) and moves the bucket, in one
 /// statement; it returns a row only if the bucket's row is there (it is: the unit locked it).
+///
+/// `$16` is the transaction's `synchronous_commit`: `off` for a unit that appended no event. Its
+/// COMMIT then does not wait for the WAL flush (which every appender and every other unit
+/// queues for); a crash may lose such a unit, but whole: its effects with its position, so the
+/// bucket is read again from the position before it and nothing is applied twice or lost. A
+/// unit that appended events waits for the flush, since the relay may publish them at once.
 const COMMIT_SQL: &str = r#"
-WITH aggregates AS (
+WITH durability AS (
+    SELECT set_config('synchronous_commit', $16, true)
+), aggregates AS (
     INSERT INTO projection_aggregates AS a (projection, generation, stream_id, applied, parked)
     SELECT $1, $2, u.stream_id, u.applied, u.parked
     FROM unnest($6::uuid[], $7::int8[], $8::bool[]) AS u(stream_id, applied, parked)
@@ -75,6 +83,7 @@ WITH aggregates AS (
 )
 UPDATE projection_buckets
 SET position = $4, pending = $5, applied = applied + $15, updated_at = clock_timestamp()
+FROM durability
 WHERE projection = $1 AND generation = $2 AND bucket = $3
 RETURNING (SELECT count(*) FROM aggregates) AS aggregates,
           (SELECT count(*) FROM documents) AS documents,
@@ -110,6 +119,8 @@ pub struct PgProjectionUnit {
     parked_keys: HashSet<(StreamId, u64)>,
     /// Versions newly applied in this unit, over all aggregates.
     applied: u64,
+    /// Whether the unit appended events (its commit then waits for the WAL flush).
+    appended: bool,
 }
 
 impl PgProjectionUnit {
@@ -130,6 +141,7 @@ impl PgProjectionUnit {
             parking: Vec::new(),
             parked_keys: HashSet::new(),
             applied: 0,
+            appended: false,
         }
     }
 
@@ -292,7 +304,7 @@ impl ProjectionUnit for PgProjectionUnit {
     ) -> Result<AppendOutcome, StoreError> {
         validate_batch(stream, &events, self.max_event_bytes)?;
         // The unit's COMMIT is what makes the events visible: the trigger hints the relay then.
-        append::append_batch(
+        let outcome = append::append_batch(
             &mut self.tx,
             stream,
             expected,
@@ -300,7 +312,9 @@ impl ProjectionUnit for PgProjectionUnit {
             Isolation::Savepoint,
             HintMode::AtCommit,
         )
-        .await
+        .await?;
+        self.appended |= !outcome.replayed;
+        Ok(outcome)
     }
 
     async fn commit(mut self, position: u64, pending: u64) -> Result<(), StoreError> {
@@ -355,6 +369,7 @@ impl ProjectionUnit for PgProjectionUnit {
                     .collect::<Vec<_>>(),
             )
             .bind(to_i64(self.applied))
+            .bind(if self.appended { "on" } else { "off" })
             .fetch_optional(&mut *self.tx)
             .await
             .map_err(map_sqlx)?;

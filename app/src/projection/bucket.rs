@@ -151,10 +151,36 @@ where
         reader: &mut dyn BucketReader,
     ) -> Result<Vec<BucketEvent>, Interrupted> {
         let config = &self.runner.config;
+        let mut batch = self
+            .read(stop, reader, config.batch_size, config.poll)
+            .await?;
+        // A trickle of events would otherwise make a unit (a commit) of each: gather what comes
+        // within the linger after the first one.
+        let gathering = Instant::now();
+        while !batch.is_empty() && batch.len() < config.batch_size {
+            let left = config.linger.saturating_sub(gathering.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            let more = self
+                .read(stop, reader, config.batch_size - batch.len(), left)
+                .await?;
+            batch.extend(more);
+        }
+        Ok(batch)
+    }
+
+    async fn read(
+        &self,
+        stop: &CancellationToken,
+        reader: &mut dyn BucketReader,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<BucketEvent>, Interrupted> {
         tokio::select! {
             () = stop.cancelled() => Err(Interrupted::Stopped),
             () = self.lease.lost() => Err(Interrupted::Stopped),
-            batch = reader.next_batch(config.batch_size, config.poll) => Ok(batch?),
+            batch = reader.next_batch(max, wait) => Ok(batch?),
         }
     }
 

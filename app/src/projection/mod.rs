@@ -70,6 +70,9 @@ pub struct RunnerConfig {
     pub batch_size: usize,
     /// How long a read waits for events before the worker looks at retries and its share.
     pub poll: Duration,
+    /// Once a read brought events, how long to gather more before applying them: one unit
+    /// (one commit) for a trickle of events instead of one each.
+    pub linger: Duration,
     /// How often the worker says it is alive and rebalances its buckets; a worker silent for
     /// three of these no longer counts.
     pub heartbeat: Duration,
@@ -78,13 +81,14 @@ pub struct RunnerConfig {
 }
 
 impl RunnerConfig {
-    /// Defaults for worker `worker`: units of 256 events, 250 ms reads, 1 s heartbeats, five
-    /// attempts from 100 ms.
+    /// Defaults for worker `worker`: units of 256 events, 250 ms reads, 50 ms of gathering,
+    /// 1 s heartbeats, five attempts from 100 ms.
     pub fn new(worker: impl Into<String>) -> Self {
         Self {
             worker: worker.into(),
             batch_size: 256,
             poll: Duration::from_millis(250),
+            linger: Duration::from_millis(50),
             heartbeat: Duration::from_secs(1),
             retry: RetryPolicy {
                 max_deliveries: 5,

@@ -56,6 +56,11 @@ where
         if self.held.len() < share {
             self.take_free_buckets(share).await;
         }
+        let held = self.held.len() as u64;
+        let before = self.runner.stats.buckets_held.load(Ordering::Relaxed);
+        if held != before {
+            tracing::info!(projection = %self.runner.projection, worker = %self.runner.config.worker, buckets = held, share, "buckets held");
+        }
         self.runner
             .stats
             .buckets_held
@@ -132,7 +137,7 @@ where
             .await
         {
             Ok(Some(lease)) => {
-                tracing::info!(projection = %runner.projection, bucket, epoch = lease.epoch(), "bucket taken");
+                tracing::debug!(projection = %runner.projection, bucket, epoch = lease.epoch(), "bucket taken");
                 let token = CancellationToken::new();
                 let task = BucketTask::new(runner.clone(), bucket, lease);
                 let handle = tokio::spawn(task.run(token.clone()));
@@ -152,7 +157,7 @@ where
             if let Err(error) = task.await {
                 tracing::error!(bucket, %error, "bucket task failed");
             }
-            tracing::info!(projection = %self.runner.projection, bucket, "bucket given back");
+            tracing::debug!(projection = %self.runner.projection, bucket, "bucket given back");
         }
     }
 
