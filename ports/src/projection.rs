@@ -153,8 +153,9 @@ pub trait BucketReader: Send {
 pub struct AggregateProgress {
     /// The last version applied (or skipped); 0 before the first.
     pub applied: u64,
-    /// Whether the aggregate is parked: later events wait behind its first parked one.
-    pub parked: bool,
+    /// The version of its first parked event, when the aggregate is parked: later events wait
+    /// behind it.
+    pub parked: Option<u64>,
 }
 
 /// Why an event is parked.
@@ -372,6 +373,17 @@ pub trait ProjectionUnit: Send {
     async fn take_retries(
         &mut self,
         bucket: Bucket,
+    ) -> Result<Vec<ParkedProjectionEvent>, StoreError>;
+
+    /// Removes the parked events of `stream` (those of this unit included) and returns them by
+    /// version, to be applied or parked again in this unit; the aggregate is no longer parked.
+    /// The runner calls it when the version its first parked event waits for arrives.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`]; [`StoreError::Internal`].
+    async fn take_parked(
+        &mut self,
+        stream: StreamId,
     ) -> Result<Vec<ParkedProjectionEvent>, StoreError>;
 
     /// Loads the projection's document `key`.

@@ -18,10 +18,22 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// Locks and reads the aggregates of a batch (rows of other buckets are never asked for, and
 /// the bucket's lock keeps other units away from these: no lock order to get wrong).
 const LOCK_AGGREGATES_SQL: &str = r#"
-SELECT stream_id, applied, parked
-FROM projection_aggregates
-WHERE projection = $1 AND generation = $2 AND stream_id = ANY($3::uuid[])
-FOR UPDATE
+SELECT a.stream_id, a.applied,
+       CASE WHEN a.parked THEN
+           (SELECT min(p.stream_version) FROM projection_parked p
+            WHERE p.projection = a.projection AND p.generation = a.generation
+              AND p.stream_id = a.stream_id)
+       END AS first_parked
+FROM projection_aggregates a
+WHERE a.projection = $1 AND a.generation = $2 AND a.stream_id = ANY($3::uuid[])
+FOR UPDATE OF a
+"#;
+
+/// Takes one aggregate's parked events back (the aggregate row is locked by the unit).
+const TAKE_PARKED_SQL: &str = r#"
+DELETE FROM projection_parked
+WHERE projection = $1 AND generation = $2 AND stream_id = $3
+RETURNING stream_id, stream_version, bucket, body, reason
 "#;
 
 const LOAD_SQL: &str = r#"
@@ -89,6 +101,20 @@ RETURNING (SELECT count(*) FROM aggregates) AS aggregates,
           (SELECT count(*) FROM documents) AS documents,
           (SELECT count(*) FROM parked) AS parked
 "#;
+
+/// A row of `projection_parked` as the port's type.
+fn parked_event(row: &sqlx::postgres::PgRow) -> Result<ParkedProjectionEvent, StoreError> {
+    let bucket: i32 = row.try_get("bucket").map_err(map_sqlx)?;
+    let body: Vec<u8> = row.try_get("body").map_err(map_sqlx)?;
+    Ok(ParkedProjectionEvent {
+        stream: StreamId::from_uuid(row.try_get("stream_id").map_err(map_sqlx)?),
+        bucket: Bucket::try_from(bucket)
+            .map_err(|_| internal(format!("bucket {bucket} out of range")))?,
+        version: to_u64(row.try_get("stream_version").map_err(map_sqlx)?)?,
+        body: Bytes::from(body),
+        reason: row.try_get("reason").map_err(map_sqlx)?,
+    })
+}
 
 /// An aggregate as the unit knows it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -166,14 +192,14 @@ impl PgProjectionUnit {
         }
         for row in rows {
             let stream: Uuid = row.try_get("stream_id").map_err(map_sqlx)?;
-            let applied: i64 = row.try_get("applied").map_err(map_sqlx)?;
-            let parked: bool = row.try_get("parked").map_err(map_sqlx)?;
+            let applied = to_u64(row.try_get("applied").map_err(map_sqlx)?)?;
+            let first_parked: Option<i64> = row.try_get("first_parked").map_err(map_sqlx)?;
             self.aggregates.insert(
                 StreamId::from_uuid(stream),
                 Aggregate {
                     progress: AggregateProgress {
-                        applied: to_u64(applied)?,
-                        parked,
+                        applied,
+                        parked: first_parked.map(to_u64).transpose()?,
                     },
                     changed: false,
                 },
@@ -228,7 +254,12 @@ impl ProjectionUnit for PgProjectionUnit {
         _bucket: Bucket,
         reason: &ParkReason,
     ) -> Result<(), StoreError> {
-        self.entry(event.stream).progress.parked = true;
+        let progress = &mut self.entry(event.stream).progress;
+        progress.parked = Some(
+            progress
+                .parked
+                .map_or(event.version, |v| v.min(event.version)),
+        );
         if self.parked_keys.insert((event.stream, event.version)) {
             self.parking.push(Parking {
                 stream: event.stream,
@@ -252,22 +283,49 @@ impl ProjectionUnit for PgProjectionUnit {
             .await
             .map_err(map_sqlx)?;
         let mut taken = Vec::with_capacity(rows.len());
-        for row in rows {
-            let stream = StreamId::from_uuid(row.try_get("stream_id").map_err(map_sqlx)?);
+        for row in &rows {
+            let event = parked_event(row)?;
             // Read again (already locked by the statement) when next asked about.
-            self.aggregates.remove(&stream);
-            let bucket: i32 = row.try_get("bucket").map_err(map_sqlx)?;
-            let body: Vec<u8> = row.try_get("body").map_err(map_sqlx)?;
-            taken.push(ParkedProjectionEvent {
-                stream,
-                bucket: Bucket::try_from(bucket)
-                    .map_err(|_| internal(format!("bucket {bucket} out of range")))?,
-                version: to_u64(row.try_get("stream_version").map_err(map_sqlx)?)?,
-                body: Bytes::from(body),
-                reason: row.try_get("reason").map_err(map_sqlx)?,
-            });
+            self.aggregates.remove(&event.stream);
+            taken.push(event);
         }
         taken.sort_by_key(|p| (*p.stream.as_uuid(), p.version));
+        Ok(taken)
+    }
+
+    async fn take_parked(
+        &mut self,
+        stream: StreamId,
+    ) -> Result<Vec<ParkedProjectionEvent>, StoreError> {
+        let rows = sqlx::query(TAKE_PARKED_SQL)
+            .bind(self.projection.name())
+            .bind(generation(&self.projection))
+            .bind(stream.as_uuid())
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(map_sqlx)?;
+        let mut taken = rows
+            .iter()
+            .map(parked_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let bucket = self.bucket;
+        let (mine, others): (Vec<Parking>, Vec<Parking>) = std::mem::take(&mut self.parking)
+            .into_iter()
+            .partition(|p| p.stream == stream);
+        self.parking = others;
+        for p in mine {
+            self.parked_keys.remove(&(p.stream, p.version));
+            taken.push(ParkedProjectionEvent {
+                stream,
+                bucket,
+                version: p.version,
+                body: p.body,
+                reason: p.reason,
+            });
+        }
+        taken.sort_by_key(|p| p.version);
+        let aggregate = self.entry(stream);
+        aggregate.progress.parked = None;
         Ok(taken)
     }
 
@@ -324,7 +382,7 @@ impl ProjectionUnit for PgProjectionUnit {
             .filter(|(_, a)| a.changed)
             .map(|(stream, a)| {
                 let applied = i64::try_from(a.progress.applied).unwrap_or(i64::MAX);
-                (*stream.as_uuid(), applied, a.progress.parked)
+                (*stream.as_uuid(), applied, a.progress.parked.is_some())
             })
             .collect();
         let (keys, documents): (Vec<&str>, Vec<&str>) = self

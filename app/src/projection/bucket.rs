@@ -61,6 +61,9 @@ enum Source<'a> {
 /// The identity of an event within its projection.
 type EventKey = (StreamId, u64);
 
+/// The event whose handler failed, and how.
+type Failure = (EventKey, HandlerError);
+
 /// Counts of one unit, added to the worker's statistics once it commits.
 #[derive(Default)]
 struct Tally {
@@ -237,18 +240,9 @@ where
             };
             unit.lock_aggregates(&streams_of(&events)).await?;
             let mut tally = Tally::default();
-            let mut failure = None;
-            for event in events.iter() {
-                match self.step(&mut unit, event, &verdicts).await? {
-                    Step::Applied => tally.applied += 1,
-                    Step::PassedOver => tally.passed_over += 1,
-                    Step::Parked => tally.parked += 1,
-                    Step::Failed(error) => {
-                        failure = Some(((event.stream, event.version), error));
-                        break;
-                    }
-                }
-            }
+            let failure = self
+                .apply_events(&mut unit, &events, &verdicts, &mut tally)
+                .await?;
             let Some((key, error)) = failure else {
                 if !self.lease.is_held() {
                     return Err(Interrupted::Stopped);
@@ -271,6 +265,65 @@ where
         }
     }
 
+    /// Applies `events` in `unit`, in order, and after each one the events parked early that
+    /// waited for it; stops at the first handler failure.
+    async fn apply_events(
+        &self,
+        unit: &mut S::Unit,
+        events: &[BucketEvent],
+        verdicts: &HashMap<EventKey, String>,
+        tally: &mut Tally,
+    ) -> Result<Option<Failure>, StoreError> {
+        for event in events {
+            let awaited = self.is_awaited(unit, event).await?;
+            if let Some(failure) = self.counted_step(unit, event, verdicts, tally).await? {
+                return Ok(Some(failure));
+            }
+            if awaited && unit.aggregate(event.stream).await?.applied == event.version {
+                let resumed: Vec<BucketEvent> = unit
+                    .take_parked(event.stream)
+                    .await?
+                    .into_iter()
+                    .map(retried)
+                    .collect();
+                for event in &resumed {
+                    if let Some(failure) = self.counted_step(unit, event, verdicts, tally).await? {
+                        return Ok(Some(failure));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `event` is the version an aggregate's early-parked events wait for.
+    async fn is_awaited(
+        &self,
+        unit: &mut S::Unit,
+        event: &BucketEvent,
+    ) -> Result<bool, StoreError> {
+        let progress = unit.aggregate(event.stream).await?;
+        Ok(progress
+            .parked
+            .is_some_and(|first| event.version == progress.applied + 1 && event.version < first))
+    }
+
+    async fn counted_step(
+        &self,
+        unit: &mut S::Unit,
+        event: &BucketEvent,
+        verdicts: &HashMap<EventKey, String>,
+        tally: &mut Tally,
+    ) -> Result<Option<Failure>, StoreError> {
+        match self.step(unit, event, verdicts).await? {
+            Step::Applied => tally.applied += 1,
+            Step::PassedOver => tally.passed_over += 1,
+            Step::Parked => tally.parked += 1,
+            Step::Failed(error) => return Ok(Some(((event.stream, event.version), error))),
+        }
+        Ok(None)
+    }
+
     /// Applies one event in `unit`, or passes over it, or parks it.
     async fn step(
         &self,
@@ -281,7 +334,7 @@ where
         let progress = unit.aggregate(event.stream).await?;
         let reason = if event.version <= progress.applied {
             return Ok(Step::PassedOver);
-        } else if progress.parked {
+        } else if progress.parked.is_some_and(|first| first <= event.version) {
             ParkReason::Behind
         } else if event.version > progress.applied + 1 {
             ParkReason::Early {

@@ -19,7 +19,9 @@
 //!   wakes up finds the position moved and reads again from there.
 //! - **Order per aggregate.** An event is applied only right after its previous version. One
 //!   that arrives early waits, parked, for the version it follows (it is never dead-lettered
-//!   for it); once an aggregate has a parked event, its later events park behind it.
+//!   for it), and is applied in the same unit as that version when it comes; once an aggregate
+//!   has a parked event, its later events park behind it. A version that never comes (the relay
+//!   skipped it on an operator's order) is given up with `skip`, which accepts the gap.
 //! - **A sequenced dead letter.** A handler that fails for good (or keeps failing through the
 //!   [`RetryPolicy`]) parks its aggregate, not its bucket: the unit is rolled back and applied
 //!   again with that one event parked, so the other aggregates' events of the batch go on.

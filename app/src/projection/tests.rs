@@ -452,3 +452,57 @@ async fn the_catalogue_keeps_one_entry_per_lesson() {
     stop.cancel();
     task.await.expect("ends");
 }
+
+#[tokio::test]
+async fn an_early_event_waits_for_its_version_and_follows_it_in_order() {
+    let world = World::new();
+    let projection = ProjectionId::new("recording", 1).expect("name");
+    let handler = Arc::new(Recording::default());
+    let stream = StreamId::new();
+    let events = (0..4).map(|_| lesson(stream)).collect();
+    world
+        .events
+        .append(stream, ExpectedVersion::NoStream, events)
+        .await
+        .expect("append");
+    let all = world.events.all_events();
+    // The broker delivers version 3 before version 2 (as after a redelivery).
+    world
+        .broker
+        .publish(&[all[0].clone(), all[2].clone()])
+        .await;
+    let (stop, task) = spawn(world.runner(&projection, handler, "w"));
+    wait_until("version 3 waits for version 2", async || {
+        let parked = world.store.parked(&projection).await.expect("parked");
+        parked.first().is_some_and(|a| a.events.len() == 1)
+    })
+    .await;
+    let parked = world.store.parked(&projection).await.expect("parked");
+    assert_eq!(parked[0].events[0].version, 3);
+    assert!(
+        parked[0].events[0].reason.contains("waiting for version 2"),
+        "{parked:?}"
+    );
+    world
+        .broker
+        .publish(&[all[1].clone(), all[3].clone()])
+        .await;
+    wait_until("every version is applied", async || {
+        progress(&world, &projection).await.applied == 4
+    })
+    .await;
+    assert_eq!(
+        applied_versions(&world, &projection, stream).await,
+        [1, 2, 3, 4]
+    );
+    assert!(
+        world
+            .store
+            .parked(&projection)
+            .await
+            .expect("parked")
+            .is_empty()
+    );
+    stop.cancel();
+    task.await.expect("worker ends");
+}

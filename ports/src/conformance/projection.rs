@@ -48,7 +48,10 @@ pub async fn a_unit_commits_all_or_nothing<S: ProjectionStore + ?Sized>(store: &
         unit.park(&bucket_event(parked, 1, 2), 0, &failed)
             .await
             .expect("park");
-        assert!(unit.aggregate(parked).await.expect("aggregate").parked);
+        assert_eq!(
+            unit.aggregate(parked).await.expect("aggregate").parked,
+            Some(1)
+        );
         if commit {
             unit.commit(2, 5).await.expect("commit");
         }
@@ -56,8 +59,11 @@ pub async fn a_unit_commits_all_or_nothing<S: ProjectionStore + ?Sized>(store: &
     let (mut unit, position) = store.begin(&projection, 0).await.expect("begin");
     assert_eq!(position, 2, "the committed position");
     let progress = unit.aggregate(applied).await.expect("aggregate");
-    assert_eq!((progress.applied, progress.parked), (1, false));
-    assert!(unit.aggregate(parked).await.expect("aggregate").parked);
+    assert_eq!((progress.applied, progress.parked), (1, None));
+    assert_eq!(
+        unit.aggregate(parked).await.expect("aggregate").parked,
+        Some(1)
+    );
     assert_eq!(unit.load("doc/1").await.expect("load"), Some(document));
     assert_eq!(unit.load("doc/2").await.expect("load"), None);
     drop(unit);
@@ -186,12 +192,53 @@ pub async fn a_retry_gives_parked_events_back_in_order<S: ProjectionStore + ?Siz
     assert_eq!(versions, [2, 3]);
     assert!(taken.iter().all(|e| e.stream == stream && e.bucket == 1));
     let progress = unit.aggregate(stream).await.expect("aggregate");
-    assert_eq!((progress.applied, progress.parked), (1, false));
+    assert_eq!((progress.applied, progress.parked), (1, None));
     unit.record_applied(stream, 3).await.expect("record");
     unit.commit(3, 0).await.expect("commit");
     assert!(store.parked(&projection).await.expect("parked").is_empty());
     let progress = store.progress(&projection).await.expect("progress");
     assert_eq!((progress.applied, progress.parked_events), (3, 0));
+}
+
+/// `take_parked` gives one aggregate's parked events back in version order, those parked in
+/// the same unit included, and the aggregate is no longer parked, once the unit commits.
+pub async fn parked_events_can_be_taken_back_in_a_unit<S: ProjectionStore + ?Sized>(store: &S) {
+    let projection = fresh_projection();
+    let (stream, other) = (StreamId::new(), StreamId::new());
+    let (mut unit, _) = store.begin(&projection, 0).await.expect("begin");
+    unit.record_applied(stream, 1).await.expect("record");
+    let early = ParkReason::Early { waiting_for: 2 };
+    unit.park(&bucket_event(stream, 3, 3), 0, &early)
+        .await
+        .expect("park");
+    unit.park(&bucket_event(other, 2, 4), 0, &early)
+        .await
+        .expect("park");
+    unit.commit(4, 0).await.expect("commit");
+    let (mut unit, _) = store.begin(&projection, 0).await.expect("begin");
+    assert_eq!(
+        unit.aggregate(stream).await.expect("aggregate").parked,
+        Some(3)
+    );
+    unit.park(&bucket_event(stream, 4, 5), 0, &ParkReason::Behind)
+        .await
+        .expect("park");
+    let taken = unit.take_parked(stream).await.expect("take");
+    let versions: Vec<u64> = taken.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [3, 4], "by version, this unit's too");
+    assert_eq!(
+        unit.aggregate(stream).await.expect("aggregate").parked,
+        None
+    );
+    unit.record_applied(stream, 4).await.expect("record");
+    unit.commit(5, 0).await.expect("commit");
+    let list = store.parked(&projection).await.expect("parked");
+    assert_eq!(list.len(), 1, "only the other aggregate: {list:?}");
+    assert_eq!(list[0].stream, other);
+    assert_eq!(
+        store.applied(&projection, stream).await.expect("applied"),
+        4
+    );
 }
 
 /// A skip gives up the gap an aggregate waits on, or its first parked event, counts it as
@@ -399,6 +446,11 @@ macro_rules! projection_store_conformance {
             async fn a_retry_gives_parked_events_back_in_order() {
                 let (store, _events) = $factory;
                 $crate::conformance::a_retry_gives_parked_events_back_in_order(&store).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn parked_events_can_be_taken_back_in_a_unit() {
+                let (store, _events) = $factory;
+                $crate::conformance::parked_events_can_be_taken_back_in_a_unit(&store).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_skip_gives_up_a_gap_or_an_event() {

@@ -292,7 +292,7 @@ impl ProjectionUnit for InMemoryUnit {
         let a = self.working(stream);
         Ok(AggregateProgress {
             applied: a.applied,
-            parked: !a.parked.is_empty(),
+            parked: a.parked.first().map(|p| p.version),
         })
     }
 
@@ -342,6 +342,15 @@ impl ProjectionUnit for InMemoryUnit {
         }
         taken.sort_by_key(|p| (*p.stream.as_uuid(), p.version));
         Ok(taken)
+    }
+
+    async fn take_parked(
+        &mut self,
+        stream: StreamId,
+    ) -> Result<Vec<ParkedProjectionEvent>, StoreError> {
+        let a = self.working(stream);
+        a.retry = false;
+        Ok(std::mem::take(&mut a.parked))
     }
 
     async fn load(&mut self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
