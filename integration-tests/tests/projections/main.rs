@@ -13,7 +13,9 @@
 //! - a poison event in the middle of one aggregate: only that aggregate waits, retry re-parks
 //!   it, skip lets the rest through;
 //! - a rebuild during live traffic: generation 2 from scratch beside generation 1, both agree,
-//!   then readers switch.
+//!   then readers switch;
+//! - least privilege: the achievements projection runs, and awards badges, as an
+//!   `edupulse_projector` login, which is refused everything else.
 //!
 //! Each test prints one row and appends it to `target/projections-report.md`.
 
@@ -426,5 +428,61 @@ async fn events_the_broker_holds_twice_are_applied_once() {
     .await;
     row.report();
     workers.stop().await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_projector_login_runs_the_achievements_projection_and_nothing_else() {
+    use edupulse_app::wiring::{Shipped, spawn_shipped};
+    use edupulse_domain::DomainEvent;
+    use sqlx::Connection;
+    let run = Run::start("proj-role", None).await;
+    let url = run.login_in("edupulse_projector").await;
+    let projector = edupulse_app::wiring::Backbone::connect(
+        &support::pg_config(&url),
+        run.backbone.nats.clone(),
+    )
+    .await
+    .expect("the projector's login connects");
+    let feed = projector.feed(BUCKETS).await.expect("feed");
+    let workers = spawn_shipped(
+        &projector,
+        Shipped::Achievements,
+        1,
+        feed,
+        2,
+        &support::runner_config("projector"),
+    )
+    .expect("workers");
+    let writers = run.edupulse_writers(3_000);
+    Run::finish_writers(writers).await;
+    let projection = Shipped::Achievements.id(1).expect("id");
+    run.caught_up(&projection).await;
+    let events = edupulse_integration_tests::projections::stored_events(&*run.backbone.store).await;
+    let badges = events
+        .iter()
+        .filter(|e| {
+            matches!(e.event, DomainEvent::BadgeAwarded(_)) && e.metadata.causation_id.is_some()
+        })
+        .count();
+    assert!(badges > 0, "the projector's login appended badges");
+    workers.stop().await;
+
+    // Everything else is refused with SQLSTATE 42501 (insufficient_privilege).
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    for sql in [
+        "DELETE FROM events",
+        "UPDATE relay_checkpoints SET position = 0",
+        "INSERT INTO relay_parked_streams (name, stream_id, stream_version, event_id, commit_key, position, reason, raw) VALUES ('x', gen_random_uuid(), 1, gen_random_uuid(), 1, 1, 'r', 'r')",
+        "DELETE FROM projection_documents",
+    ] {
+        let code = match sqlx::query(sql).execute(&mut conn).await {
+            Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(code.as_deref(), Some("42501"), "{sql}");
+    }
+    let row = Row::judge_without_probe("achievements as an edupulse_projector login", &run);
+    row.report();
     run.stop().await;
 }

@@ -12,7 +12,9 @@ use edupulse_app::wiring::{Backbone, RunningProjection, RunningRelay, spawn_rela
 use edupulse_domain::StreamId;
 use edupulse_integration_tests::checker::History;
 use edupulse_integration_tests::projections::{Applications, Probe, applications};
-use edupulse_integration_tests::workload::{Mix, Observers, Pace, Until, Workload, Written};
+use edupulse_integration_tests::workload::{
+    Mix, Observers, Pace, Until, Workload, Writers, Written,
+};
 use edupulse_nats::{NatsConfig, NatsFeed};
 use edupulse_ports::projection::{ProjectionId, ProjectionStore};
 use edupulse_postgres::{LeaseConfig, PgProjectionStore, PgStoreConfig};
@@ -52,6 +54,7 @@ pub(crate) fn runner_config(worker: &str) -> RunnerConfig {
 /// One run of the suite.
 pub(crate) struct Run {
     pub(crate) name: String,
+    pub(crate) db: edupulse_integration_tests::TestDb,
     pub(crate) pg_url: String,
     pub(crate) backbone: Backbone,
     pub(crate) feed: Arc<NatsFeed>,
@@ -98,12 +101,35 @@ impl Run {
         Self {
             name,
             pg_url: db.url().to_owned(),
+            db,
             store: backbone.projection_store(),
             backbone,
             feed,
             history: History::new(),
             relay: Some(relay),
         }
+    }
+
+    /// A new LOGIN role member of `group` only; its URL to the run's database.
+    pub(crate) async fn login_in(&self, group: &str) -> String {
+        use sqlx::Connection;
+        let pg = edupulse_integration_tests::shared_postgres().await;
+        let role = edupulse_integration_tests::unique_name(group).to_lowercase();
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(self.db.url())
+            .await
+            .expect("connect");
+        sqlx::query(&format!(
+            r#"CREATE ROLE "{role}" LOGIN PASSWORD '{password}' IN ROLE {group}"#
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("create the login role");
+        format!(
+            "postgres://{role}:{password}@127.0.0.1:{}/{}",
+            pg.port(),
+            self.db.name()
+        )
     }
 
     /// Generation `generation` of the probe projection of this run.
@@ -128,18 +154,33 @@ impl Run {
         )
     }
 
-    /// Writers appending `events` events of the EduPulse mix, at `rate` events/s.
-    pub(crate) fn writers(
-        &self,
-        events: u64,
-        rate: f64,
-    ) -> edupulse_integration_tests::workload::Writers {
+    /// Writers appending `events` quiz submissions to fresh aggregates, at `rate` events/s (an
+    /// open loop: the rate holds whatever the latency).
+    pub(crate) fn writers(&self, events: u64, rate: f64) -> Writers {
+        self.start_writers(
+            events,
+            Pace::Open {
+                events_per_sec: rate,
+            },
+        )
+    }
+
+    /// Writers appending `events` events of the EduPulse mix as fast as they can (learners
+    /// submit several quizzes, so badges are earned).
+    pub(crate) fn edupulse_writers(&self, events: u64) -> Writers {
+        self.start_writers(
+            events,
+            Pace::Closed {
+                pause: Duration::ZERO,
+            },
+        )
+    }
+
+    fn start_writers(&self, events: u64, pace: Pace) -> Writers {
         Workload {
             writers: 8,
             mix: Mix::Edupulse,
-            pace: Pace::Open {
-                events_per_sec: rate,
-            },
+            pace,
             until: Until::Events(events),
             run: Some(self.name.clone()),
             ..Workload::default()
@@ -154,9 +195,7 @@ impl Run {
     }
 
     /// Waits for the writers, failing the test if they hang or the store broke a promise.
-    pub(crate) async fn finish_writers(
-        writers: edupulse_integration_tests::workload::Writers,
-    ) -> Written {
+    pub(crate) async fn finish_writers(writers: Writers) -> Written {
         tokio::time::timeout(Duration::from_secs(300), writers.finish())
             .await
             .expect("the writers finish")
@@ -239,6 +278,15 @@ impl Row {
             "{fault}: every acknowledged event applied, parked or skipped"
         );
         row
+    }
+
+    /// A row for a run whose projection is not the probe: the events only.
+    pub(crate) fn judge_without_probe(fault: &str, run: &Run) -> Self {
+        Self {
+            fault: fault.to_owned(),
+            events: run.acknowledged_events(),
+            ..Self::default()
+        }
     }
 
     /// Prints the row and appends it to `target/projections-report.md`.
