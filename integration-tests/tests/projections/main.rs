@@ -482,7 +482,12 @@ async fn a_projector_login_runs_the_achievements_projection_and_nothing_else() {
         };
         assert_eq!(code.as_deref(), Some("42501"), "{sql}");
     }
-    let row = Row::judge_without_probe("achievements as an edupulse_projector login", &run);
+    let row = Row::judge_without_probe(
+        "achievements as an edupulse_projector login",
+        &run,
+        &projection,
+    )
+    .await;
     row.report();
     run.stop().await;
 }

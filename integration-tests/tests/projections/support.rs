@@ -280,11 +280,22 @@ impl Row {
         row
     }
 
-    /// A row for a run whose projection is not the probe: the events only.
-    pub(crate) fn judge_without_probe(fault: &str, run: &Run) -> Self {
+    /// A row for a run whose projection is not the probe: events, and what the store counts
+    /// as applied and parked (applied twice and out of order are the probe's to count).
+    pub(crate) async fn judge_without_probe(
+        fault: &str,
+        run: &Run,
+        projection: &ProjectionId,
+    ) -> Self {
+        let progress = run.store.progress(projection).await.expect("progress");
+        assert_eq!(progress.parked_events, 0, "{fault}: parked");
         Self {
             fault: fault.to_owned(),
             events: run.acknowledged_events(),
+            figures: Applications {
+                applied: progress.applied,
+                ..Applications::default()
+            },
             ..Self::default()
         }
     }
