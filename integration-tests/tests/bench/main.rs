@@ -58,6 +58,7 @@ async fn quick_bench_runs_and_writes_its_outputs() {
         "store_b1000_c64",
         "catchup",
         "e2e",
+        "projection",
     ] {
         let row = report
             .row(key)
@@ -69,7 +70,8 @@ async fn quick_bench_runs_and_writes_its_outputs() {
     assert_eq!(report.latency.len(), 3);
     assert_eq!(report.p99_distributions().len(), 1);
     assert!(report.latency.iter().all(|l| l.samples > 0));
-    assert_eq!(report.targets.len(), 5);
+    // Five targets and the projection row's ratio to the relay's catch-up.
+    assert_eq!(report.targets.len(), 6);
     assert!(report.relay_peak_rss_bytes.is_some());
 
     let json: serde_json::Value =
