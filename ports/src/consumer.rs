@@ -189,7 +189,10 @@ impl RetryPolicy {
             Err(error @ (HandlerError::Transient(_) | HandlerError::Store(_)))
                 if attempt >= self.max_deliveries =>
             {
-                let reason = error.to_string();
+                let reason = match error {
+                    HandlerError::Transient(reason) => reason,
+                    other => other.to_string(),
+                };
                 Settlement::DeadLetter {
                     reason: format!("gave up after {attempt} deliveries: {reason}"),
                 }
