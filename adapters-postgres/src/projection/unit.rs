@@ -36,6 +36,14 @@ WHERE projection = $1 AND generation = $2 AND stream_id = $3
 RETURNING stream_id, stream_version, bucket, body, reason
 "#;
 
+/// Serialises the units that use one document, whether or not its row exists yet (a row lock
+/// cannot lock a row that is not there: two units would both start from nothing and the second
+/// would overwrite the first). Held until the unit ends; a deadlock between two units (40P01)
+/// is reported as `Unavailable`, and the runner runs the unit again.
+const LOCK_DOCUMENT_SQL: &str = "SELECT pg_advisory_xact_lock(hashtextextended(format('projection-document/%s/%s/%s', $1, $2, $3), 0))";
+
+/// Run after [`LOCK_DOCUMENT_SQL`], in a statement of its own: its snapshot then sees what
+/// the unit that held the lock committed.
 const LOAD_SQL: &str = r#"
 SELECT document::text
 FROM projection_documents
@@ -333,6 +341,13 @@ impl ProjectionUnit for PgProjectionUnit {
         if let Some(document) = self.documents.get(key) {
             return Ok(document.clone());
         }
+        sqlx::query(LOCK_DOCUMENT_SQL)
+            .bind(self.projection.name())
+            .bind(generation(&self.projection))
+            .bind(key)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(map_sqlx)?;
         let text: Option<String> = sqlx::query_scalar(LOAD_SQL)
             .bind(self.projection.name())
             .bind(generation(&self.projection))

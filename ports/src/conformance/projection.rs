@@ -129,6 +129,43 @@ where
     assert_eq!(seen, 9, "it sees the first unit's position");
 }
 
+/// Units of different buckets that load the same document never both start from what was
+/// there before: the second waits for the first (and sees its write) or fails with
+/// `Unavailable` (and is run again), even when the document did not exist yet.
+pub async fn a_loaded_document_is_the_units_until_it_ends<S>(store: Arc<S>)
+where
+    S: ProjectionStore + 'static,
+{
+    let projection = fresh_projection();
+    let (mut first, _) = store.begin(&projection, 0).await.expect("begin");
+    assert_eq!(first.load("shared").await.expect("load"), None);
+    let second = tokio::spawn({
+        let (store, projection) = (store.clone(), projection.clone());
+        async move {
+            let (mut unit, _) = store.begin(&projection, 1).await.expect("begin");
+            unit.load("shared").await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first
+        .save("shared", serde_json::json!(1))
+        .await
+        .expect("save");
+    first.commit(1, 0).await.expect("commit");
+    let seen = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second load ends")
+        .expect("task");
+    match seen {
+        Ok(document) => assert_eq!(
+            document,
+            Some(serde_json::json!(1)),
+            "the first unit's write"
+        ),
+        Err(error) => assert!(error.is_retryable(), "{error:?}"),
+    }
+}
+
 /// `lock_aggregates` reads several aggregates at once, as `aggregate` reads each.
 pub async fn aggregates_are_read_in_one_go<S: ProjectionStore + ?Sized>(store: &S) {
     let projection = fresh_projection();
@@ -435,6 +472,14 @@ macro_rules! projection_store_conformance {
                 $crate::conformance::units_of_a_bucket_run_one_at_a_time(::std::sync::Arc::new(
                     store,
                 ))
+                .await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_loaded_document_is_the_units_until_it_ends() {
+                let (store, _events) = $factory;
+                $crate::conformance::a_loaded_document_is_the_units_until_it_ends(
+                    ::std::sync::Arc::new(store),
+                )
                 .await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

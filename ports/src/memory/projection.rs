@@ -39,6 +39,7 @@ struct State {
 struct Shared {
     projections: HashMap<ProjectionId, State>,
     buckets: HashMap<(ProjectionId, Bucket), Arc<AsyncMutex<()>>>,
+    documents: HashMap<(ProjectionId, String), Arc<AsyncMutex<()>>>,
     workers: HashMap<ProjectionId, HashMap<String, Instant>>,
     active: HashMap<String, u32>,
 }
@@ -124,9 +125,26 @@ pub struct InMemoryUnit {
     aggregates: HashMap<StreamId, Aggregate>,
     documents: HashMap<String, Option<serde_json::Value>>,
     saved: BTreeMap<String, serde_json::Value>,
+    /// The documents this unit loaded, locked until it ends.
+    document_locks: Vec<OwnedMutexGuard<()>>,
 }
 
 impl InMemoryUnit {
+    /// Locks document `key` for the rest of the unit. Another unit holding it makes this
+    /// `Unavailable` at once (as a lock timeout or a deadlock would): the unit is run again.
+    fn lock_document(&mut self, key: &str) -> Result<(), StoreError> {
+        let mutex = lock(&self.store.shared)
+            .documents
+            .entry((self.projection.clone(), key.to_owned()))
+            .or_default()
+            .clone();
+        let guard = mutex.try_lock_owned().map_err(|_| {
+            StoreError::Unavailable(format!("document {key} is in another unit").into())
+        })?;
+        self.document_locks.push(guard);
+        Ok(())
+    }
+
     fn working(&mut self, stream: StreamId) -> &mut Aggregate {
         let (store, projection) = (&self.store, &self.projection);
         self.aggregates.entry(stream).or_insert_with(|| {
@@ -159,6 +177,7 @@ impl ProjectionStore for InMemoryProjectionStore {
             aggregates: HashMap::new(),
             documents: HashMap::new(),
             saved: BTreeMap::new(),
+            document_locks: Vec::new(),
         };
         Ok((unit, position))
     }
@@ -357,6 +376,7 @@ impl ProjectionUnit for InMemoryUnit {
         if let Some(document) = self.documents.get(key) {
             return Ok(document.clone());
         }
+        self.lock_document(key)?;
         let document = self
             .store
             .read(&self.projection, |state| state.documents.get(key).cloned());
