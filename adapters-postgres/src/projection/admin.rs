@@ -2,14 +2,12 @@
 //! progress, generations, and reading documents.
 
 use super::generation;
+use super::unit::parked_event;
 use crate::append::to_u64;
 use crate::error::{internal, map_sqlx};
-use bytes::Bytes;
 use edupulse_domain::StreamId;
 use edupulse_ports::StoreError;
-use edupulse_ports::projection::{
-    Bucket, ParkedAggregate, ParkedProjectionEvent, ProjectionId, ProjectionProgress, Skipped,
-};
+use edupulse_ports::projection::{ParkedAggregate, ProjectionId, ProjectionProgress, Skipped};
 use sqlx::{PgPool, Row};
 use std::time::Duration;
 
@@ -152,17 +150,8 @@ pub(super) async fn parked(
         .map_err(map_sqlx)?;
     let mut parked: Vec<ParkedAggregate> = Vec::new();
     for row in rows {
-        let stream = StreamId::from_uuid(row.try_get("stream_id").map_err(map_sqlx)?);
-        let bucket: i32 = row.try_get("bucket").map_err(map_sqlx)?;
-        let body: Vec<u8> = row.try_get("body").map_err(map_sqlx)?;
-        let event = ParkedProjectionEvent {
-            stream,
-            bucket: Bucket::try_from(bucket)
-                .map_err(|_| internal(format!("bucket {bucket} out of range")))?,
-            version: to_u64(row.try_get("stream_version").map_err(map_sqlx)?)?,
-            body: Bytes::from(body),
-            reason: row.try_get("reason").map_err(map_sqlx)?,
-        };
+        let event = parked_event(&row)?;
+        let stream = event.stream;
         match parked.last_mut() {
             Some(aggregate) if aggregate.stream == stream => aggregate.events.push(event),
             _ => parked.push(ParkedAggregate {

@@ -111,7 +111,9 @@ RETURNING (SELECT count(*) FROM aggregates) AS aggregates,
 "#;
 
 /// A row of `projection_parked` as the port's type.
-fn parked_event(row: &sqlx::postgres::PgRow) -> Result<ParkedProjectionEvent, StoreError> {
+pub(super) fn parked_event(
+    row: &sqlx::postgres::PgRow,
+) -> Result<ParkedProjectionEvent, StoreError> {
     let bucket: i32 = row.try_get("bucket").map_err(map_sqlx)?;
     let body: Vec<u8> = row.try_get("body").map_err(map_sqlx)?;
     Ok(ParkedProjectionEvent {
